@@ -1,0 +1,109 @@
+"""Every setting Scribes reads, from one place: the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_REDIS_URL", "ConfigurationError", "Settings", "get_settings"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+BUNDLED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+class ConfigurationError(RuntimeError):
+    """The configuration cannot work; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    env: Literal["development", "production"] = Field("development", alias="SCRIBES_ENV")
+    redis_url: str = Field(DEFAULT_REDIS_URL, alias="REDIS_URL")
+    celery_broker_url: str | None = Field(None, alias="CELERY_BROKER_URL")
+    qdrant_url: str | None = Field(None, alias="QDRANT_URL")
+    qdrant_api_key: SecretStr | None = Field(None, alias="QDRANT_API_KEY")
+    qdrant_collection: str = Field("scribes_chunks", alias="SCRIBES_QDRANT_COLLECTION")
+    data_dir: Path = Field(Path("data"), alias="SCRIBES_DATA_DIR")
+
+    anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
+    llm_model: str = Field("claude-sonnet-4-5", alias="SCRIBES_LLM_MODEL")
+    llm_timeout_s: float = Field(60.0, gt=0, alias="SCRIBES_LLM_TIMEOUT_S")
+    llm_max_retries: int = Field(5, ge=0, alias="SCRIBES_LLM_MAX_RETRIES")
+
+    api_keys_raw: str = Field("", alias="SCRIBES_API_KEYS")
+    trust_gateway_tenant: bool = Field(False, alias="SCRIBES_TRUST_GATEWAY_TENANT")
+
+    embedding_model: str = Field(BUNDLED_EMBEDDING_MODEL, alias="SCRIBES_EMBEDDING_MODEL")
+    embedding_batch_size: int = Field(64, ge=1, alias="SCRIBES_EMBEDDING_BATCH_SIZE")
+
+    top_k: int = Field(5, ge=1, le=50, alias="SCRIBES_TOP_K")
+    max_top_k: int = Field(20, ge=1, le=100, alias="SCRIBES_MAX_TOP_K")
+    score_threshold: float = Field(0.35, ge=-1.0, le=1.0, alias="SCRIBES_SCORE_THRESHOLD")
+    query_max_tokens: int = Field(256, ge=8, alias="SCRIBES_QUERY_MAX_TOKENS")
+    context_max_tokens: int = Field(3000, ge=100, alias="SCRIBES_CONTEXT_MAX_TOKENS")
+    answer_max_tokens: int = Field(600, ge=16, alias="SCRIBES_ANSWER_MAX_TOKENS")
+    chunk_tokens: int = Field(200, ge=32, le=512, alias="SCRIBES_CHUNK_TOKENS")
+    chunk_overlap_tokens: int = Field(40, ge=0, alias="SCRIBES_CHUNK_OVERLAP_TOKENS")
+    document_max_bytes: int = Field(2_000_000, ge=1, alias="SCRIBES_DOCUMENT_MAX_BYTES")
+
+    job_ttl_s: int = Field(86_400, ge=60, alias="SCRIBES_JOB_TTL_S")
+    job_deadline_s: int = Field(300, ge=5, alias="SCRIBES_JOB_DEADLINE_S")
+    answer_cache_ttl_s: int = Field(86_400, ge=1, alias="SCRIBES_ANSWER_CACHE_TTL_S")
+    visibility_timeout_s: int = Field(3_600, ge=1, alias="SCRIBES_VISIBILITY_TIMEOUT_S")
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """`key=tenant,key=tenant` parsed into {key: tenant}."""
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.api_keys_raw.split(","))):
+            key, sep, tenant = item.partition("=")
+            if not sep or not key.strip() or not tenant.strip():
+                raise ConfigurationError(
+                    f"SCRIBES_API_KEYS entry {item[:4]}… is not of the form key=tenant"
+                )
+            keys[key.strip()] = tenant.strip()
+        return keys
+
+    @property
+    def vector_store_dir(self) -> Path:
+        return self.data_dir / "vectors"
+
+    @property
+    def uses_anthropic(self) -> bool:
+        return self.anthropic_api_key is not None and bool(
+            self.anthropic_api_key.get_secret_value()
+        )
+
+    def check(self) -> None:
+        """Refuse configurations that cannot work, with what to change."""
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ConfigurationError(
+                "SCRIBES_CHUNK_OVERLAP_TOKENS must be smaller than SCRIBES_CHUNK_TOKENS"
+            )
+        if self.top_k > self.max_top_k:
+            raise ConfigurationError("SCRIBES_TOP_K must not exceed SCRIBES_MAX_TOP_K")
+        keys = self.api_keys
+        if self.env == "production" and not keys and not self.trust_gateway_tenant:
+            raise ConfigurationError(
+                "SCRIBES_ENV=production needs SCRIBES_API_KEYS (key=tenant,…); "
+                "refusing to serve without authentication"
+            )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.check()
+    return settings
