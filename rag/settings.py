@@ -34,7 +34,7 @@ class Settings(BaseSettings):
 
     anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(None, alias="ANTHROPIC_BASE_URL")
-    llm_model: str = Field("claude-sonnet-4-5", alias="SCRIBES_LLM_MODEL")
+    llm_model: str = Field("claude-sonnet-4-6", alias="SCRIBES_LLM_MODEL")
     llm_timeout_s: float = Field(60.0, gt=0, alias="SCRIBES_LLM_TIMEOUT_S")
     llm_max_retries: int = Field(5, ge=0, alias="SCRIBES_LLM_MAX_RETRIES")
 
@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     trust_gateway_tenant: bool = Field(False, alias="SCRIBES_TRUST_GATEWAY_TENANT")
 
     embedding_model: str = Field(BUNDLED_EMBEDDING_MODEL, alias="SCRIBES_EMBEDDING_MODEL")
+    embedding_dimension: int = Field(384, ge=1, alias="SCRIBES_EMBEDDING_DIMENSION")
     embedding_batch_size: int = Field(64, ge=1, alias="SCRIBES_EMBEDDING_BATCH_SIZE")
 
     top_k: int = Field(5, ge=1, le=50, alias="SCRIBES_TOP_K")
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(200, ge=32, le=512, alias="SCRIBES_CHUNK_TOKENS")
     chunk_overlap_tokens: int = Field(40, ge=0, alias="SCRIBES_CHUNK_OVERLAP_TOKENS")
     document_max_bytes: int = Field(2_000_000, ge=1, alias="SCRIBES_DOCUMENT_MAX_BYTES")
+
+    api_url: str = Field("http://127.0.0.1:8000", alias="SCRIBES_API_URL")
+    api_key: SecretStr | None = Field(None, alias="SCRIBES_API_KEY")
+    worker_pool: str | None = Field(None, alias="SCRIBES_WORKER_POOL")
 
     job_ttl_s: int = Field(86_400, ge=60, alias="SCRIBES_JOB_TTL_S")
     job_deadline_s: int = Field(300, ge=5, alias="SCRIBES_JOB_DEADLINE_S")

@@ -1,0 +1,105 @@
+"""Post-processing of a draft answer: the leak filter, citation marks, whitespace."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.types import Passage
+
+__all__ = ["LEAK_REFUSAL", "LEAK_RUN_WORDS", "FinishedAnswer", "finish_answer"]
+
+LEAK_REFUSAL = "I can't share that."
+# A sentence sharing this many consecutive words with the system prompt is an echo of it.
+LEAK_RUN_WORDS = 8
+# Ranges such as [2-4] are expanded only when short, so a stray "[1-2000]" stays harmless.
+_MAX_RANGE = 20
+
+_WORD = re.compile(r"\w+")
+# A sentence ends at . ! or ? followed by space, unless a citation mark follows: "… it. [2]"
+# belongs to the sentence before it.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])[ \t]+(?!\[)")
+_GROUP = r"\[[ \t]*\d{1,4}(?:[ \t]*[,;\-–][ \t]*\d{1,4})*[ \t]*\]"
+_CITATION_RUN = re.compile(rf"([ \t]*)({_GROUP}(?:[ \t]*{_GROUP})*)")
+_NUMBER_OR_RANGE = re.compile(r"(\d+)(?:[ \t]*[\-–][ \t]*(\d+))?")
+_CANONICAL_MARK = re.compile(r"\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class FinishedAnswer:
+    """The answer as shown to the user, and the passage numbers it cites in order of use."""
+
+    text: str
+    cited: tuple[int, ...]
+
+
+def finish_answer(text: str, passages: Sequence[Passage], *, system_prompt: str) -> FinishedAnswer:
+    """Drop echoes of `system_prompt`, normalise citation marks to [n], trim whitespace."""
+    kept, leaked = _drop_prompt_echo(text, system_prompt)
+    if leaked and not _WORD.search(_CITATION_RUN.sub("", kept)):
+        return FinishedAnswer(text=LEAK_REFUSAL, cited=())
+    valid = frozenset(p.number for p in passages)
+    cleaned = _tidy(_CITATION_RUN.sub(lambda m: _normalise_run(m, valid), kept))
+    cited = tuple(dict.fromkeys(int(m.group(1)) for m in _CANONICAL_MARK.finditer(cleaned)))
+    return FinishedAnswer(text=cleaned, cited=cited)
+
+
+def _drop_prompt_echo(text: str, system_prompt: str) -> tuple[str, bool]:
+    """Remove every sentence touching a run of LEAK_RUN_WORDS words found in the prompt.
+
+    Runs are matched over the whole text, across lines, so short fragments of an echo
+    ("Rules:", "1.") go with the sentences around them.
+    """
+    prompt_words = [w.lower() for w in _WORD.findall(system_prompt)]
+    prompt_runs = {
+        tuple(prompt_words[i : i + LEAK_RUN_WORDS])
+        for i in range(len(prompt_words) - LEAK_RUN_WORDS + 1)
+    }
+    words = list(_WORD.finditer(text))
+    lowered = [m.group().lower() for m in words]
+    covered: list[tuple[int, int]] = []
+    for i in range(len(words) - LEAK_RUN_WORDS + 1):
+        if tuple(lowered[i : i + LEAK_RUN_WORDS]) in prompt_runs:
+            covered.append((words[i].start(), words[i + LEAK_RUN_WORDS - 1].end()))
+    if not covered:
+        return text, False
+
+    lines: list[str] = []
+    offset = 0
+    for line in text.split("\n"):
+        bounds: list[tuple[int, int]] = []
+        start = 0
+        for brk in _SENTENCE_BREAK.finditer(line):
+            bounds.append((start, brk.start()))
+            start = brk.end()
+        bounds.append((start, len(line)))
+        sentences = [
+            line[a:b]
+            for a, b in bounds
+            if not any(lo < offset + b and offset + a < hi for lo, hi in covered)
+        ]
+        remainder = " ".join(s.strip() for s in sentences if s.strip())
+        if remainder or not line.strip():
+            lines.append(remainder)
+        offset += len(line) + 1
+    return "\n".join(lines), True
+
+
+def _normalise_run(match: re.Match[str], valid: frozenset[int]) -> str:
+    numbers: list[int] = []
+    for group in re.findall(_GROUP, match.group(2)):
+        for first, last in _NUMBER_OR_RANGE.findall(group):
+            low = int(first)
+            high = int(last) if last else low
+            if not low <= high <= low + _MAX_RANGE:
+                high = low
+            numbers.extend(n for n in range(low, high + 1) if n in valid)
+    marks = "".join(f"[{n}]" for n in dict.fromkeys(numbers))
+    # A run that cites nothing real disappears with the space before it: "fact [9]." -> "fact."
+    return f"{match.group(1)}{marks}" if marks else ""
+
+
+def _tidy(text: str) -> str:
+    lines = [re.sub(r"(?<=\S)[ \t]{2,}", " ", line).rstrip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
