@@ -1,0 +1,49 @@
+"""Every Celery setting in one module; `tasks.app` loads it with `config_from_object`."""
+
+from __future__ import annotations
+
+from kombu.entity import Queue
+
+from rag.settings import get_settings
+from tasks.names import QueueName, TaskName
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+result_backend = _settings.redis_url
+# Nobody reads Celery results: jobs are polled from their own record in Redis.
+task_ignore_result = True
+broker_connection_retry_on_startup = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+enable_utc = True
+
+task_queues = tuple(Queue(queue.value, routing_key=queue.value) for queue in QueueName)
+task_default_queue = QueueName.GENERATE.value
+task_create_missing_queues = False
+task_routes = {name.value: {"queue": name.queue.value} for name in TaskName}
+
+# At-least-once delivery: a task is acknowledged only once it has run, and a worker that
+# dies mid-task gives its message back. Every task is written to be safe to run twice.
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+worker_prefetch_multiplier = 1
+broker_transport_options = {
+    # Above the longest hard time limit (the index task's), or a running task is redelivered.
+    "visibility_timeout": _settings.visibility_timeout_s,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+}
+redis_socket_timeout = 10
+redis_socket_connect_timeout = 5
+
+# Loading the embedding model takes about 6 s, more than the 4 s default.
+worker_proc_alive_timeout = 90
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+worker_cancel_long_running_tasks_on_connection_loss = True

@@ -1,0 +1,197 @@
+"""The document registry: which revision of each note is live, per tenant, in Redis.
+
+A document moves queued → indexed (or failed) per revision. Searches drop any hit whose
+revision is not the live one, so a deleted or replaced note is never cited, even in the
+moment before its old chunks are purged from the vector store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+
+from rag.keys import (
+    corpus_version_key,
+    document_key,
+    document_revision_key,
+    document_text_key,
+    documents_index_key,
+)
+
+__all__ = ["DocumentRecord", "DocumentRegistry", "DocumentStatus", "DocumentText"]
+
+
+class DocumentStatus(StrEnum):
+    QUEUED = "queued"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    tenant: str
+    id: str
+    title: str
+    status: DocumentStatus
+    revision: int
+    live_revision: int | None
+    chunks: int
+    error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentText:
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+# Marks a revision indexed only while it is still the document's newest revision; a
+# newer submission or a delete wins. Bumps the corpus version, which every answer-cache
+# key carries, so no cached answer outlives the corpus it was computed from.
+_MARK_INDEXED = """
+if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'indexed', 'live_revision', ARGV[1],
+           'chunks', ARGV[2], 'error', '', 'updated_at', ARGV[3])
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+_DELETE = """
+local revision = redis.call('HGET', KEYS[1], 'revision')
+if not revision then return nil end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[3])
+return revision
+"""
+
+_MARK_FAILED = """
+if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[2], 'updated_at', ARGV[3])
+return 1
+"""
+
+
+def _decode(tenant: str, raw: dict[str, str]) -> DocumentRecord:
+    live = raw.get("live_revision")
+    return DocumentRecord(
+        tenant=tenant,
+        id=raw["id"],
+        title=raw.get("title", ""),
+        status=DocumentStatus(raw["status"]),
+        revision=int(raw["revision"]),
+        live_revision=int(live) if live else None,
+        chunks=int(raw.get("chunks", "0")),
+        error=raw.get("error") or None,
+        updated_at=float(raw.get("updated_at", "0")),
+    )
+
+
+class DocumentRegistry:
+    def __init__(self, redis: Redis, *, text_ttl_s: int = 7 * 86_400) -> None:
+        self._redis = redis
+        self._text_ttl_s = text_ttl_s
+        self._mark_indexed = redis.register_script(_MARK_INDEXED)
+        self._mark_failed = redis.register_script(_MARK_FAILED)
+        self._delete = redis.register_script(_DELETE)
+
+    def submit(
+        self, *, tenant: str, document_id: str, title: str, text: str, metadata: dict[str, Any]
+    ) -> DocumentRecord:
+        """Store a new revision's text and mark it queued; the previous revision stays live."""
+        revision = int(self._redis.incr(document_revision_key(tenant, document_id)))
+        now = time.time()
+        body = json.dumps({"title": title, "text": text, "metadata": metadata})
+        key = document_key(tenant, document_id)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(document_text_key(tenant, document_id, revision), body, ex=self._text_ttl_s)
+            pipe.hset(
+                key,
+                mapping={
+                    "id": document_id,
+                    "title": title,
+                    "status": DocumentStatus.QUEUED.value,
+                    "revision": revision,
+                    "error": "",
+                    "updated_at": now,
+                },
+            )
+            pipe.sadd(documents_index_key(tenant), document_id)
+            pipe.execute()
+        record = self.get(tenant, document_id)
+        assert record is not None
+        return record
+
+    def get(self, tenant: str, document_id: str) -> DocumentRecord | None:
+        raw: dict[str, str] = self._redis.hgetall(document_key(tenant, document_id))  # type: ignore[assignment]
+        return _decode(tenant, raw) if raw else None
+
+    def records(self, tenant: str) -> list[DocumentRecord]:
+        ids = sorted(self._redis.smembers(documents_index_key(tenant)))
+        with self._redis.pipeline(transaction=False) as pipe:
+            for document_id in ids:
+                pipe.hgetall(document_key(tenant, str(document_id)))
+            rows: list[dict[str, str]] = pipe.execute()
+        return [_decode(tenant, raw) for raw in rows if raw]
+
+    def load_text(self, tenant: str, document_id: str, revision: int) -> DocumentText | None:
+        body = self._redis.get(document_text_key(tenant, document_id, revision))
+        if body is None:
+            return None
+        data = json.loads(body)
+        return DocumentText(title=data["title"], text=data["text"], metadata=data["metadata"])
+
+    def is_current(self, tenant: str, document_id: str, revision: int) -> bool:
+        current = self._redis.hget(document_key(tenant, document_id), "revision")
+        return current is not None and int(current) == revision
+
+    def mark_indexed(self, tenant: str, document_id: str, revision: int, *, chunks: int) -> bool:
+        done = bool(
+            self._mark_indexed(
+                keys=[document_key(tenant, document_id), corpus_version_key(tenant)],
+                args=[revision, chunks, time.time()],
+            )
+        )
+        if done:
+            self._redis.delete(document_text_key(tenant, document_id, revision))
+        return done
+
+    def mark_failed(self, tenant: str, document_id: str, revision: int, *, error: str) -> bool:
+        return bool(
+            self._mark_failed(
+                keys=[document_key(tenant, document_id)], args=[revision, error, time.time()]
+            )
+        )
+
+    def delete(self, tenant: str, document_id: str) -> int | None:
+        """Forget the document at once; returns the newest revision, to purge its chunks."""
+        revision = self._delete(
+            keys=[
+                document_key(tenant, document_id),
+                documents_index_key(tenant),
+                corpus_version_key(tenant),
+            ],
+            args=[document_id],
+        )
+        return int(revision) if revision is not None else None
+
+    def live_revisions(self, tenant: str, document_ids: list[str]) -> dict[str, int | None]:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for document_id in document_ids:
+                pipe.hget(document_key(tenant, document_id), "live_revision")
+            values: list[str | None] = pipe.execute()
+        return {
+            document_id: int(value) if value else None
+            for document_id, value in zip(document_ids, values, strict=True)
+        }
+
+    def corpus_version(self, tenant: str) -> int:
+        value = self._redis.get(corpus_version_key(tenant))
+        return int(value) if value else 0

@@ -1,0 +1,67 @@
+"""Sentence embeddings on the CPU; one model per process, loaded once."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from rag.tokens import resolve_model_path
+
+__all__ = ["Embedder", "decode_vector", "encode_vector", "load_embedder"]
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder:
+    def __init__(self, model: str) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from sentence_transformers import SentenceTransformer  # heavy: torch comes with it
+
+        started = time.perf_counter()
+        self._model = SentenceTransformer(str(resolve_model_path(model)), device="cpu")
+        self._lock = threading.Lock()
+        self.model_name = model
+        dimension = self._model.get_sentence_embedding_dimension()
+        assert dimension is not None
+        self.dimension: int = int(dimension)
+        log.info("loaded embedding model %s in %.1f s", model, time.perf_counter() - started)
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> Vectors:
+        """Unit-length float32 vectors, one row per text."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # torch is not made faster by two threads racing for two cores: one call at a time.
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+@lru_cache(maxsize=2)
+def load_embedder(model: str) -> Embedder:
+    return Embedder(model)
+
+
+def encode_vector(vector: Vectors) -> str:
+    """A vector as compact text for JSON and Redis: base64 of little-endian float32."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def decode_vector(text: str) -> Vectors:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)

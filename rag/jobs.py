@@ -1,0 +1,263 @@
+"""The job record: one Redis hash per question, moved forward only, read by polling."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+
+from rag.keys import job_key
+
+__all__ = ["JobRecord", "JobStatus", "JobStore", "Stage", "new_job_id"]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    EMBED = "embed"
+    RETRIEVE = "retrieve"
+    GENERATE = "generate"
+    DONE = "done"
+
+    @property
+    def rank(self) -> int:
+        return _STAGE_ORDER.index(self)
+
+
+_STAGE_ORDER = (Stage.QUEUED, Stage.EMBED, Stage.RETRIEVE, Stage.GENERATE, Stage.DONE)
+_TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
+
+# Moves a job forward only: a redelivered task may repeat its own stage, never go back,
+# and nothing changes a finished job. One round trip, atomic.
+_ADVANCE = """
+local rank = redis.call('HGET', KEYS[1], 'stage_rank')
+if not rank then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'succeeded' or status == 'failed' then return 0 end
+if tonumber(ARGV[1]) < tonumber(rank) then return 0 end
+redis.call('HSET', KEYS[1], 'stage_rank', ARGV[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    tenant: str
+    question: str
+    top_k: int
+    status: JobStatus
+    stage: Stage
+    corpus_version: int
+    answer_cache_key: str
+    created_at: float
+    request_id: str | None = None
+    answer: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    no_context: bool = False
+    cached: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    error: dict[str, str] | None = None
+    note: str | None = None
+    stamps: dict[str, float] = field(default_factory=dict)
+    query_vector: str | None = None
+    passages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+    def timings_ms(self) -> dict[str, float]:
+        """Milliseconds spent waiting and in each stage, from the stamps the tasks left."""
+        out: dict[str, float] = {}
+        previous = self.created_at
+        for stage in (Stage.EMBED, Stage.RETRIEVE, Stage.GENERATE):
+            started = self.stamps.get(f"{stage}_started_at")
+            finished = self.stamps.get(f"{stage}_finished_at")
+            if started is None:
+                continue
+            out[f"{stage}_wait"] = round((started - previous) * 1000, 2)
+            if finished is not None:
+                out[str(stage)] = round((finished - started) * 1000, 2)
+                previous = finished
+        done = self.stamps.get("finished_at")
+        if done is not None:
+            out["total"] = round((done - self.created_at) * 1000, 2)
+        return out
+
+
+def _decode(raw: dict[str, str]) -> JobRecord:
+    stamps = {k: float(v) for k, v in raw.items() if k.endswith("_at") and k != "created_at"}
+    return JobRecord(
+        id=raw["id"],
+        tenant=raw["tenant"],
+        question=raw["question"],
+        top_k=int(raw["top_k"]),
+        status=JobStatus(raw["status"]),
+        stage=Stage(raw["stage"]),
+        corpus_version=int(raw.get("corpus_version", "0")),
+        answer_cache_key=raw.get("answer_cache_key", ""),
+        created_at=float(raw["created_at"]),
+        request_id=raw.get("request_id") or None,
+        answer=raw.get("answer"),
+        sources=json.loads(raw.get("sources", "[]")),
+        no_context=raw.get("no_context") == "1",
+        cached=raw.get("cached") or None,
+        usage=json.loads(raw.get("usage", "{}")),
+        model=raw.get("model") or None,
+        error=json.loads(raw["error"]) if raw.get("error") else None,
+        note=raw.get("note") or None,
+        stamps=stamps,
+        query_vector=raw.get("query_vector"),
+        passages=json.loads(raw.get("passages", "[]")),
+    )
+
+
+class JobStore:
+    """Reads and writes job records; every write keeps the record's time to live."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._advance = redis.register_script(_ADVANCE)
+
+    def create(
+        self,
+        *,
+        job_id: str,
+        tenant: str,
+        question: str,
+        top_k: int,
+        corpus_version: int,
+        answer_cache_key: str,
+        request_id: str | None = None,
+    ) -> JobRecord:
+        now = time.time()
+        mapping: dict[Any, str | int | float] = {
+            "id": job_id,
+            "tenant": tenant,
+            "question": question,
+            "top_k": top_k,
+            "status": JobStatus.QUEUED.value,
+            "stage": Stage.QUEUED.value,
+            "stage_rank": Stage.QUEUED.rank,
+            "corpus_version": corpus_version,
+            "answer_cache_key": answer_cache_key,
+            "created_at": now,
+            "request_id": request_id or "",
+        }
+        key = job_key(job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self._ttl_s)
+            pipe.execute()
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def create_finished(
+        self, *, job_id: str, tenant: str, question: str, top_k: int, result: dict[str, Any]
+    ) -> JobRecord:
+        """A job answered from the exact cache: born finished, so its id can be polled too."""
+        now = time.time()
+        key = job_key(job_id)
+        mapping: dict[Any, str | int | float] = {
+            "id": job_id,
+            "tenant": tenant,
+            "question": question,
+            "top_k": top_k,
+            "status": JobStatus.SUCCEEDED.value,
+            "stage": Stage.DONE.value,
+            "stage_rank": Stage.DONE.rank,
+            "created_at": now,
+            "finished_at": now,
+            "cached": "exact",
+            **_result_fields(result),
+            # The cached answer cost nothing this time; the original job paid for it.
+            "usage": json.dumps({"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}),
+        }
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self._ttl_s)
+            pipe.execute()
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw: dict[str, str] = self._redis.hgetall(job_key(job_id))  # type: ignore[assignment]
+        return _decode(raw) if raw else None
+
+    def start_stage(self, job_id: str, stage: Stage) -> bool:
+        """Mark `stage` running; False when the job is finished, gone, or already past it."""
+        return self._move(
+            job_id,
+            stage,
+            {
+                "status": JobStatus.RUNNING.value,
+                "stage": stage.value,
+                f"{stage}_started_at": time.time(),
+            },
+        )
+
+    def finish_stage(self, job_id: str, stage: Stage, **fields: str | int | float) -> bool:
+        return self._move(job_id, stage, {f"{stage}_finished_at": time.time(), **fields})
+
+    def note(self, job_id: str, stage: Stage, note: str) -> bool:
+        """Say why a job waits (a retry, an outage) without moving it."""
+        return self._move(job_id, stage, {"note": note})
+
+    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+        now = time.time()
+        fields: dict[str, str | int | float] = {
+            "status": JobStatus.SUCCEEDED.value,
+            "stage": Stage.DONE.value,
+            "finished_at": now,
+            "note": "",
+            **_result_fields(result),
+        }
+        return self._move(job_id, Stage.DONE, fields)
+
+    def fail(self, job_id: str, *, code: str, message: str) -> bool:
+        fields: dict[str, str | int | float] = {
+            "status": JobStatus.FAILED.value,
+            "stage": Stage.DONE.value,
+            "finished_at": time.time(),
+            "error": json.dumps({"code": code, "message": message}),
+        }
+        return self._move(job_id, Stage.DONE, fields)
+
+    def _move(self, job_id: str, stage: Stage, fields: dict[str, str | int | float]) -> bool:
+        args: list[str | int | float] = [stage.rank, self._ttl_s]
+        for name, value in fields.items():
+            args.extend((name, value))
+        return bool(self._advance(keys=[job_key(job_id)], args=args))
+
+
+def _result_fields(result: dict[str, Any]) -> dict[str, str | int | float]:
+    fields: dict[str, str | int | float] = {
+        "answer": str(result["answer"]),
+        "sources": json.dumps(result.get("sources", [])),
+        "no_context": "1" if result.get("no_context") else "0",
+        "model": str(result.get("model") or ""),
+    }
+    if "usage" in result:
+        fields["usage"] = json.dumps(result["usage"])
+    return fields

@@ -1,0 +1,71 @@
+"""Every Redis key Scribes writes, built in one place so that each carries its tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+__all__ = [
+    "DOCUMENT_ID_PATTERN",
+    "TENANT_PATTERN",
+    "answer_cache_key",
+    "corpus_version_key",
+    "document_key",
+    "document_revision_key",
+    "document_text_key",
+    "documents_index_key",
+    "job_key",
+    "pool_heartbeat_key",
+    "staged_chunks_key",
+    "vector_store_health_key",
+]
+
+_PREFIX = "scribes"
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DOCUMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:~-]{0,199}$")
+
+
+def job_key(job_id: str) -> str:
+    return f"{_PREFIX}:job:{job_id}"
+
+
+def document_key(tenant: str, document_id: str) -> str:
+    return f"{_PREFIX}:doc:{tenant}:{document_id}"
+
+
+def document_revision_key(tenant: str, document_id: str) -> str:
+    # Outlives the document itself, so a re-ingest after a delete gets a higher revision.
+    return f"{_PREFIX}:docrev:{tenant}:{document_id}"
+
+
+def documents_index_key(tenant: str) -> str:
+    return f"{_PREFIX}:docs:{tenant}"
+
+
+def document_text_key(tenant: str, document_id: str, revision: int) -> str:
+    return f"{_PREFIX}:doctext:{tenant}:{document_id}:{revision}"
+
+
+def staged_chunks_key(tenant: str, document_id: str, revision: int) -> str:
+    return f"{_PREFIX}:staged:{tenant}:{document_id}:{revision}"
+
+
+def corpus_version_key(tenant: str) -> str:
+    return f"{_PREFIX}:corpus:{tenant}"
+
+
+def answer_cache_key(
+    tenant: str, normalised_question: str, corpus_version: int, pipeline_fingerprint: str
+) -> str:
+    digest = hashlib.sha256(
+        "\x1f".join((normalised_question, str(corpus_version), pipeline_fingerprint)).encode()
+    ).hexdigest()
+    return f"{_PREFIX}:answer:{tenant}:{digest}"
+
+
+def pool_heartbeat_key(pool: str) -> str:
+    return f"{_PREFIX}:pool:{pool}"
+
+
+def vector_store_health_key() -> str:
+    return f"{_PREFIX}:health:vector_store"

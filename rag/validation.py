@@ -1,0 +1,82 @@
+"""Step 1 of the pipeline: refuse bad input early, with a code and a message a person can act on."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any
+
+from rag.keys import DOCUMENT_ID_PATTERN
+from rag.tokens import TokenCounter
+
+__all__ = ["InvalidInput", "validate_document", "validate_question"]
+
+_ALLOWED_CONTROL = {"\n", "\r", "\t"}
+_METADATA_MAX_BYTES = 16_384
+_TITLE_MAX_CHARS = 300
+
+
+class InvalidInput(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(
+        unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn")
+        and char not in _ALLOWED_CONTROL
+        for char in text
+    )
+
+
+def validate_question(question: str, *, counter: TokenCounter, max_tokens: int) -> str:
+    cleaned = question.strip()
+    if not cleaned:
+        raise InvalidInput("empty_question", "question is empty; ask something about your notes")
+    if _has_control_characters(cleaned):
+        raise InvalidInput(
+            "control_characters", "question contains control characters; send plain text"
+        )
+    # Checked on characters first so that a megabyte of text is refused before tokenising.
+    if len(cleaned) > max_tokens * 12 or counter.count(cleaned) > max_tokens:
+        raise InvalidInput(
+            "question_too_long",
+            f"question is longer than {max_tokens} tokens; shorten it",
+        )
+    return cleaned
+
+
+def validate_document(
+    *,
+    document_id: str,
+    title: str,
+    text: str,
+    metadata: dict[str, Any] | None,
+    max_bytes: int,
+) -> None:
+    if not DOCUMENT_ID_PATTERN.match(document_id):
+        raise InvalidInput(
+            "invalid_document_id",
+            "document id must be 1-200 characters of letters, digits and . _ : ~ -, "
+            "starting with a letter or digit",
+        )
+    if not title.strip():
+        raise InvalidInput("empty_title", "title is empty")
+    if len(title) > _TITLE_MAX_CHARS or _has_control_characters(title) or "\n" in title:
+        raise InvalidInput(
+            "invalid_title", f"title must be one line of at most {_TITLE_MAX_CHARS} characters"
+        )
+    if not text.strip():
+        raise InvalidInput("empty_text", "text is empty; there is nothing to index")
+    if len(text.encode()) > max_bytes:
+        raise InvalidInput(
+            "document_too_large", f"text is larger than {max_bytes} bytes; split the document"
+        )
+    if _has_control_characters(text):
+        raise InvalidInput("control_characters", "text contains control characters")
+    if metadata is not None and len(json.dumps(metadata)) > _METADATA_MAX_BYTES:
+        raise InvalidInput(
+            "metadata_too_large", f"metadata is larger than {_METADATA_MAX_BYTES} bytes"
+        )

@@ -1,0 +1,332 @@
+"""The one command: `scribes up | worker | api | ingest | ask | status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from rag.settings import ConfigurationError, Settings, get_settings
+from scribes.client import ApiFailure, ScribesClient
+from scribes.notefiles import collect_note_files, read_note
+from workers.pools import POOLS, worker_command
+
+__all__ = ["main"]
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+DEMO_QUESTION = "What did the notes say about the father running to the prodigal son?"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"scribes: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except (ConfigurationError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0], 2)
+
+
+def _client(settings: Settings, api_url: str | None) -> ScribesClient:
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    return ScribesClient(api_url or settings.api_url, api_key=key)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Scribes: ask questions of your own notes.
+
+    `scribes up` runs everything on this machine; `scribes ask "…"` asks a question.
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
+@click.option("--port", default=8000, show_default=True, help="API port.")
+@click.option("--flower-port", default=5555, show_default=True, help="Flower port; 0 for none.")
+@click.option(
+    "--samples/--no-samples",
+    default=True,
+    show_default=True,
+    help="Ingest the bundled sample notes on first start.",
+)
+@click.option("--ask", "question", default=None, help="Ask this once everything is ready.")
+@click.option("--ready-timeout", default=180.0, show_default=True, help="Seconds to wait.")
+def up(
+    host: str,
+    port: int,
+    flower_port: int,
+    samples: bool,
+    question: str | None,
+    ready_timeout: float,
+) -> None:
+    """Start Redis (if none answers), the four worker pools, the API and Flower."""
+    from scribes.supervisor import Supervisor
+
+    settings = _settings()
+    supervisor = Supervisor(
+        settings,
+        port=port,
+        host=host,
+        flower_port=flower_port or None,
+        log=lambda line: click.echo(f"scribes: {line}"),
+    )
+
+    def _stop(signum: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        supervisor.start(explicit_redis_url="redis_url" in settings.model_fields_set)
+        api_url = f"http://{host}:{port}"
+        with ScribesClient(api_url) as client:
+            _wait_ready(client, supervisor, ready_timeout)
+            click.echo(f"scribes: API {api_url}  (logs in {settings.data_dir / 'logs'})")
+            if flower_port:
+                click.echo(f"scribes: Flower http://{host}:{flower_port}")
+            if samples:
+                _ingest_samples_once(settings, supervisor.redis_url)
+            if question:
+                _print_answer(_ask(settings, api_url, question), False)
+        click.echo("scribes: ready; press Ctrl-C to stop")
+        while True:
+            dead = supervisor.dead_child()
+            if dead:
+                _fail(f"{dead}; see {settings.data_dir / 'logs'}; stopping everything")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        click.echo("scribes: stopping")
+    except RuntimeError as exc:
+        _fail(str(exc))
+    finally:
+        supervisor.stop()
+
+
+def _wait_ready(client: ScribesClient, supervisor: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        dead = supervisor.dead_child()
+        if dead:
+            raise RuntimeError(f"{dead} during start-up; see the logs")
+        try:
+            client.ready()
+            return
+        except ApiFailure as exc:
+            if exc.message != last:
+                click.echo(f"scribes: waiting — {exc.message}")
+                last = exc.message
+        time.sleep(0.5)
+    raise RuntimeError(f"not ready after {timeout_s:.0f} s: {last}")
+
+
+def _local_environment(redis_url: str) -> None:
+    # The supervisor may have started Redis on a port of its own choosing.
+    os.environ["REDIS_URL"] = redis_url
+    get_settings.cache_clear()
+
+
+def _ingest_samples_once(settings: Settings, redis_url: str) -> None:
+    marker = settings.data_dir / ".samples-ingested"
+    if marker.exists() or not SAMPLES_DIR.is_dir():
+        return
+    _local_environment(redis_url)
+    from tasks.pipeline import enqueue_document
+    from workers import resources
+
+    notes = [read_note(root, file) for root, file in collect_note_files([SAMPLES_DIR])]
+    registry = resources.document_registry()
+    with click.progressbar(notes, label="scribes: ingesting sample notes") as bar:
+        for note in bar:
+            enqueue_document(
+                registry,
+                tenant="default",
+                document_id=note.document_id,
+                title=note.title,
+                text=note.text,
+                metadata={"source": "samples"},
+            )
+    deadline = time.monotonic() + 300
+    pending = {note.document_id for note in notes}
+    while pending and time.monotonic() < deadline:
+        pending = {
+            doc
+            for doc in pending
+            if (record := registry.get("default", doc)) is None or record.status == "queued"
+        }
+        time.sleep(0.25)
+    marker.write_text(f"{len(notes)} notes\n")
+    click.echo(f"scribes: {len(notes) - len(pending)} sample notes indexed for tenant 'default'")
+
+
+def _ask(settings: Settings, api_url: str, question: str) -> dict[str, Any]:
+    with _client(settings, api_url) as client:
+        try:
+            return client.ask(question)
+        except ApiFailure as exc:
+            raise RuntimeError(exc.message) from exc
+
+
+@main.command()
+@click.argument("pool", type=click.Choice(sorted(POOLS)))
+@click.option("--concurrency", type=int, default=None, help="Processes or threads.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(pool: str, concurrency: int | None, loglevel: str) -> None:
+    """Start one worker pool: embed, retrieve, generate or index."""
+    _settings()
+    spec = POOLS[pool]
+    command = worker_command(spec, concurrency=concurrency, loglevel=loglevel)
+    env = {
+        **os.environ,
+        "SCRIBES_WORKER_POOL": pool,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    os.execvpe(command[0], command, env)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    _settings()
+    uvicorn.run("api_shim.app:create_app", factory=True, host=host, port=port)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Wait until every note is indexed."
+)
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait.")
+def ingest(paths: tuple[Path, ...], api_url: str | None, wait: bool, timeout: float) -> None:
+    """Add .md and .txt notes from files and folders; the same file again replaces it."""
+    settings = _settings()
+    try:
+        files = collect_note_files(paths)
+    except FileNotFoundError as exc:
+        _fail(str(exc), 2)
+    if not files:
+        _fail("no .md or .txt notes found in the given paths", 2)
+    problems: list[str] = []
+    submitted: list[str] = []
+    with _client(settings, api_url) as client:
+        with click.progressbar(files, label="submitting", show_pos=True) as bar:
+            for root, file in bar:
+                try:
+                    note = read_note(root, file)
+                    client.add_document(
+                        title=note.title,
+                        text=note.text,
+                        document_id=note.document_id,
+                        metadata={"path": str(file)},
+                    )
+                    submitted.append(note.document_id)
+                except ValueError as exc:
+                    problems.append(str(exc))
+                except ApiFailure as exc:
+                    if exc.code == "api_unreachable":
+                        _fail(exc.message)
+                    problems.append(f"{file}: {exc.message}")
+        if wait and submitted:
+            problems += _wait_indexed(client, submitted, timeout)
+    for problem in problems:
+        click.echo(f"scribes: {problem}", err=True)
+    click.echo(f"scribes: {len(submitted)} notes submitted, {len(problems)} problems")
+    if problems:
+        sys.exit(1)
+
+
+def _wait_indexed(client: ScribesClient, ids: list[str], timeout_s: float) -> list[str]:
+    pending = list(ids)
+    problems: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with click.progressbar(length=len(ids), label="indexing  ", show_pos=True) as bar:
+        while pending and time.monotonic() < deadline:
+            still: list[str] = []
+            for document_id in pending:
+                status = client.document(document_id)
+                if status["status"] == "queued":
+                    still.append(document_id)
+                elif status["status"] == "failed":
+                    problems.append(f"{document_id}: {status.get('error') or 'indexing failed'}")
+            bar.update(len(pending) - len(still))
+            pending = still
+            if pending:
+                time.sleep(0.3)
+    problems += [f"{doc}: not indexed within {timeout_s:.0f} s" for doc in pending]
+    return problems
+
+
+@main.command()
+@click.argument("question")
+@click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
+@click.option("--top-k", type=int, default=None, help="Passages to retrieve.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole job as JSON.")
+def ask(
+    question: str, api_url: str | None, top_k: int | None, timeout: float, as_json: bool
+) -> None:
+    """Ask a question of your notes and print the answer with its sources."""
+    settings = _settings()
+    with _client(settings, api_url) as client:
+        try:
+            job = client.ask(question, top_k=top_k, timeout_s=timeout)
+        except ApiFailure as exc:
+            _fail(exc.message)
+    _print_answer(job, as_json)
+    if job["status"] == "failed":
+        sys.exit(1)
+
+
+def _print_answer(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(job, indent=2))
+        return
+    if job["status"] == "failed":
+        error = job.get("error") or {}
+        click.echo(f"scribes: failed: {error.get('message', 'unknown error')}", err=True)
+        return
+    click.echo(job["answer"])
+    if job.get("sources"):
+        click.echo("\nSources:")
+        for source in job["sources"]:
+            click.echo(
+                f"  [{source.get('number', '?')}] {source['title']} "
+                f"({source['document_id']}, score {source['score']:.2f})"
+            )
+    usage = job.get("usage") or {}
+    cached = f", cached: {job['cached']}" if job.get("cached") else ""
+    click.echo(
+        f"\n({usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out "
+        f"tokens, ${usage.get('cost_usd') or 0:.6f}{cached})"
+    )
+
+
+@main.command()
+@click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
+def status(api_url: str | None) -> None:
+    """Show whether Redis, the vector store and every pool answer."""
+    settings = _settings()
+    with _client(settings, api_url) as client:
+        try:
+            body = client.ready()
+            checks = body["checks"]
+        except ApiFailure as exc:
+            click.echo(f"scribes: {exc.message}", err=True)
+            sys.exit(1)
+    for name, ok in checks.items():
+        click.echo(f"{'ok  ' if ok else 'DOWN'} {name}")
