@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     query_max_tokens: int = Field(256, ge=8, alias="SCRIBES_QUERY_MAX_TOKENS")
     context_max_tokens: int = Field(3000, ge=100, alias="SCRIBES_CONTEXT_MAX_TOKENS")
     answer_max_tokens: int = Field(600, ge=16, alias="SCRIBES_ANSWER_MAX_TOKENS")
-    chunk_tokens: int = Field(200, ge=32, le=512, alias="SCRIBES_CHUNK_TOKENS")
+    chunk_tokens: int = Field(200, ge=32, le=224, alias="SCRIBES_CHUNK_TOKENS")
     chunk_overlap_tokens: int = Field(40, ge=0, alias="SCRIBES_CHUNK_OVERLAP_TOKENS")
     document_max_bytes: int = Field(2_000_000, ge=1, alias="SCRIBES_DOCUMENT_MAX_BYTES")
 

@@ -42,9 +42,11 @@ def index_document(self: Task, *, tenant: str, document_id: str, revision: int) 
     if not chunks:
         registry.mark_failed(tenant, document_id, revision, error="no text to index")
         return
-    # The title rides along in the embedded text: notes are often asked about by title.
+    # The title rides along in the embedded text (notes are often asked about by title),
+    # cut short so that chunk and title stay inside the model's 256-token window.
+    title = document.title[:80]
     vectors = resources.embedder().embed(
-        [f"{document.title}\n{chunk.text}" for chunk in chunks],
+        [f"{title}\n{chunk.text}" for chunk in chunks],
         batch_size=config.embedding_batch_size,
     )
     points = build_points(
