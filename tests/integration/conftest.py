@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, running_cluster
+from tests.fake_anthropic import FakeAnthropic
+
+ALICE_KEY = "key-alice-0123456789"
+BOB_KEY = "key-bob-9876543210"
+LLM_KEY = "sk-test-scribes"
+# Short, so a task lost with its worker is handed back within seconds; every task in
+# these tests finishes far sooner than this.
+VISIBILITY_TIMEOUT_S = 6
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=LLM_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def cluster(session_dir: Path, redis_url: str, fake_llm: FakeAnthropic) -> Iterator[Cluster]:
+    """All four pools, the API, the real Anthropic SDK pointed at the loopback server."""
+    env = {
+        "SCRIBES_API_KEYS": f"{ALICE_KEY}=alice,{BOB_KEY}=bob",
+        "ANTHROPIC_API_KEY": LLM_KEY,
+        "ANTHROPIC_BASE_URL": fake_llm.base_url,
+        "SCRIBES_LLM_MODEL": "claude-sonnet-4-6",
+        "SCRIBES_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+        "SCRIBES_LLM_TIMEOUT_S": "30",
+    }
+    with running_cluster(session_dir / "cluster", redis_url, env) as running:
+        yield running
