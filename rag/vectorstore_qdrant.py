@@ -1,0 +1,201 @@
+"""`QdrantVectorStore`: a Qdrant server through qdrant-client, or its in-process mode for tests.
+
+The in-process mode (`:memory:`, `path:DIR`) is plain Python over numpy arrays and SQLite with
+no locking of its own, and it ignores payload indexes (it warns if asked for them), so here it
+gets one lock around every call and no indexes. The server does its own locking.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from rag.settings import ConfigurationError
+from rag.types import ChunkHit, ChunkPoint
+from rag.vectorstore import (
+    VectorStoreError,
+    canonical_point_id,
+    hit_from_payload,
+    payload_of,
+    vector_as_floats,
+)
+
+__all__ = ["DEFAULT_TIMEOUT_S", "QdrantVectorStore"]
+
+DEFAULT_TIMEOUT_S = 10
+
+_LOCAL_PATH_PREFIX = "path:"
+
+
+def _payload_indexes() -> dict[str, models.PayloadSchemaType | models.KeywordIndexParams]:
+    return {
+        "tenant": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+        "document_id": models.PayloadSchemaType.KEYWORD,
+        "revision": models.PayloadSchemaType.INTEGER,
+    }
+
+
+def _match(key: str, value: str) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _connect(url: str, api_key: str | None, timeout_s: int) -> tuple[QdrantClient, bool]:
+    """The client for `url`, and whether it runs in this process."""
+    if url == ":memory:":
+        return QdrantClient(location=":memory:"), True
+    if url.startswith(_LOCAL_PATH_PREFIX):
+        local_dir = url.removeprefix(_LOCAL_PATH_PREFIX)
+        if not local_dir:
+            raise ConfigurationError("QDRANT_URL=path: needs a directory, e.g. path:data/qdrant")
+        # Our lock serialises access, so SQLite's same-thread check only gets in the way.
+        return QdrantClient(path=local_dir, force_disable_check_same_thread=True), True
+    if url.startswith(("http://", "https://")):
+        return QdrantClient(url=url, api_key=api_key, timeout=timeout_s), False
+    raise ConfigurationError(
+        f"QDRANT_URL={url!r} is neither an http(s) URL nor :memory: nor path:DIR; "
+        "unset it to use the embedded Qdrant Edge store"
+    )
+
+
+class QdrantVectorStore:
+    """The `VectorStore` over one qdrant-client collection, safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_key: str | None,
+        collection: str,
+        dimension: int,
+        timeout_s: int = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._url = url
+        self._collection = collection
+        self._dimension = dimension
+        self._closed = False
+        self._client, self._local = _connect(url, api_key, timeout_s)
+        self._guard: AbstractContextManager[object] = (
+            threading.Lock() if self._local else nullcontext()
+        )
+        try:
+            self._prepare_collection()
+        except BaseException as exc:
+            self._client.close()
+            if isinstance(exc, ResponseHandlingException | UnexpectedResponse):
+                raise VectorStoreError(
+                    f"Qdrant at {url} failed to answer ({exc}); start it, check QDRANT_URL and "
+                    "QDRANT_API_KEY, or unset QDRANT_URL to use the embedded Qdrant Edge store"
+                ) from exc
+            raise
+
+    def _prepare_collection(self) -> None:
+        name = self._collection
+        if not self._client.collection_exists(name):
+            try:
+                self._client.create_collection(
+                    name,
+                    vectors_config=models.VectorParams(
+                        size=self._dimension, distance=models.Distance.COSINE
+                    ),
+                )
+            except (UnexpectedResponse, ValueError):
+                # Another process may have created it first; anything else fails below.
+                if not self._client.collection_exists(name):
+                    raise
+        info = self._client.get_collection(name)
+        vectors = info.config.params.vectors
+        if not isinstance(vectors, models.VectorParams) or (
+            vectors.size != self._dimension or vectors.distance != models.Distance.COSINE
+        ):
+            raise ConfigurationError(
+                f"Qdrant collection {name!r} at {self._url} does not hold one unnamed "
+                f"{self._dimension}-d cosine vector per point ({vectors}); set "
+                "SCRIBES_QDRANT_COLLECTION to a new name or re-index with this model"
+            )
+        if self._local:
+            return
+        for field, schema in _payload_indexes().items():
+            if field not in info.payload_schema:
+                self._client.create_payload_index(name, field, field_schema=schema, wait=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VectorStoreError(f"the vector store on {self._url} is closed; open it again")
+
+    def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        if not points:
+            return
+        batch = [
+            models.PointStruct(
+                id=canonical_point_id(point.id),
+                vector=vector_as_floats(point.vector, self._dimension),
+                payload=payload_of(point),
+            )
+            for point in points
+        ]
+        with self._guard:
+            self._check_open()
+            self._client.upsert(self._collection, points=batch, wait=True)
+
+    def search(
+        self,
+        *,
+        tenant: str,
+        vector: Sequence[float],
+        limit: int,
+        score_threshold: float | None = None,
+    ) -> list[ChunkHit]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        query = vector_as_floats(vector, self._dimension)
+        with self._guard:
+            self._check_open()
+            found = self._client.query_points(
+                self._collection,
+                query=query,
+                query_filter=models.Filter(must=[_match("tenant", tenant)]),
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vectors=False,
+            ).points
+        return [hit_from_payload(hit.id, hit.score, hit.payload) for hit in found]
+
+    def delete_revisions(self, *, tenant: str, document_id: str, up_to_revision: int) -> None:
+        doomed = models.Filter(
+            must=[
+                _match("tenant", tenant),
+                _match("document_id", document_id),
+                models.FieldCondition(key="revision", range=models.Range(lte=up_to_revision)),
+            ]
+        )
+        with self._guard:
+            self._check_open()
+            self._client.delete(
+                self._collection, points_selector=models.FilterSelector(filter=doomed), wait=True
+            )
+
+    def count(self, *, tenant: str | None = None, document_id: str | None = None) -> int:
+        conditions: list[models.Condition] = []
+        if tenant is not None:
+            conditions.append(_match("tenant", tenant))
+        if document_id is not None:
+            conditions.append(_match("document_id", document_id))
+        with self._guard:
+            self._check_open()
+            result = self._client.count(
+                self._collection,
+                count_filter=models.Filter(must=conditions) if conditions else None,
+                exact=True,
+            )
+        return result.count
+
+    def close(self) -> None:
+        with self._guard:
+            if not self._closed:
+                self._closed = True
+                self._client.close()
