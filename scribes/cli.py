@@ -330,3 +330,7 @@ def status(api_url: str | None) -> None:
             sys.exit(1)
     for name, ok in checks.items():
         click.echo(f"{'ok  ' if ok else 'DOWN'} {name}")
+
+
+if __name__ == "__main__":
+    main()
