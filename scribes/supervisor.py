@@ -115,6 +115,8 @@ class Supervisor:
     log: Callable[[str], None] = print
     redis: LocalRedis | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Where a Redis of our own goes when none answers: the default port while it is free.
+    redis_port: int = urlparse(DEFAULT_REDIS_URL).port or 6379
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     redis_url: str = ""
     _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
@@ -134,8 +136,7 @@ class Supervisor:
                 raise RuntimeError(f"Redis at {url} is not reachable; start it or set REDIS_URL")
             self.redis_url = url
             return
-        default_port = urlparse(DEFAULT_REDIS_URL).port or 6379
-        port = default_port if _port_free(default_port) else free_port()
+        port = self.redis_port if _port_free(self.redis_port) else free_port()
         self.redis = LocalRedis(self.settings.data_dir / "redis", port)
         self.log(f"starting redis-server on 127.0.0.1:{port} (data in {self.redis.directory})")
         self.redis.start()

@@ -1,0 +1,96 @@
+"""Job records and the document registry against a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from rag.documents import DocumentRegistry, DocumentStatus
+from rag.jobs import JobStatus, JobStore, Stage, new_job_id
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    # A database of its own: the session cluster uses database 0 of the same server.
+    connection = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/15", decode_responses=True)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+
+
+def _new_job(jobs: JobStore) -> str:
+    job_id = new_job_id()
+    jobs.create(
+        job_id=job_id, tenant="t", question="q?", top_k=3, corpus_version=0, answer_cache_key="k"
+    )
+    return job_id
+
+
+def test_job_moves_forward_only(client: redis.Redis) -> None:
+    jobs = JobStore(client, ttl_s=60)
+    job_id = _new_job(jobs)
+    assert jobs.start_stage(job_id, Stage.EMBED)
+    assert jobs.start_stage(job_id, Stage.EMBED)  # a redelivery may repeat its own stage
+    assert jobs.start_stage(job_id, Stage.RETRIEVE)
+    assert not jobs.start_stage(job_id, Stage.EMBED)  # but never go back
+    record = jobs.get(job_id)
+    assert record is not None and record.stage is Stage.RETRIEVE
+    assert record.status is JobStatus.RUNNING
+
+
+def test_finished_job_is_final(client: redis.Redis) -> None:
+    jobs = JobStore(client, ttl_s=60)
+    job_id = _new_job(jobs)
+    assert jobs.succeed(job_id, {"answer": "yes", "sources": [], "usage": {"input_tokens": 1}})
+    assert not jobs.fail(job_id, code="late", message="a duplicate delivery failed")
+    assert not jobs.start_stage(job_id, Stage.GENERATE)
+    record = jobs.get(job_id)
+    assert record is not None
+    assert record.status is JobStatus.SUCCEEDED and record.answer == "yes" and record.error is None
+    assert 0 < client.ttl(f"scribes:job:{job_id}") <= 60
+
+
+def test_missing_job_is_never_created_by_a_stage(client: redis.Redis) -> None:
+    jobs = JobStore(client, ttl_s=60)
+    assert not jobs.start_stage("nope", Stage.EMBED)
+    assert client.exists("scribes:job:nope") == 0
+
+
+def test_newer_revision_wins_over_a_late_index(client: redis.Redis) -> None:
+    registry = DocumentRegistry(client)
+    first = registry.submit(tenant="t", document_id="d", title="T", text="one", metadata={})
+    second = registry.submit(tenant="t", document_id="d", title="T", text="two", metadata={})
+    assert second.revision == first.revision + 1
+    assert not registry.mark_indexed("t", "d", first.revision, chunks=1)
+    assert registry.mark_indexed("t", "d", second.revision, chunks=2)
+    record = registry.get("t", "d")
+    assert record is not None
+    assert record.status is DocumentStatus.INDEXED and record.live_revision == second.revision
+    assert registry.live_revisions("t", ["d", "other"]) == {"d": second.revision, "other": None}
+
+
+def test_delete_is_immediate_and_bumps_the_corpus_version(client: redis.Redis) -> None:
+    registry = DocumentRegistry(client)
+    record = registry.submit(tenant="t", document_id="d", title="T", text="x", metadata={})
+    registry.mark_indexed("t", "d", record.revision, chunks=1)
+    version = registry.corpus_version("t")
+    assert registry.delete("t", "d") == record.revision
+    assert registry.get("t", "d") is None and registry.records("t") == []
+    assert registry.live_revisions("t", ["d"]) == {"d": None}
+    assert registry.corpus_version("t") == version + 1
+    # Deleting what is not there changes nothing.
+    assert registry.delete("t", "d") is None
+    assert registry.corpus_version("t") == version + 1
+    # A later ingest of the same id gets a higher revision than the deleted one.
+    again = registry.submit(tenant="t", document_id="d", title="T", text="x", metadata={})
+    assert again.revision > record.revision
+
+
+def test_tenants_have_separate_documents(client: redis.Redis) -> None:
+    registry = DocumentRegistry(client)
+    registry.submit(tenant="a", document_id="d", title="A's", text="x", metadata={})
+    assert registry.get("b", "d") is None and registry.records("b") == []
+    assert registry.delete("b", "d") is None
+    assert registry.get("a", "d") is not None
