@@ -149,57 +149,65 @@ class JobStore:
         answer_cache_key: str,
         request_id: str | None = None,
     ) -> JobRecord:
-        now = time.time()
-        mapping: dict[Any, str | int | float] = {
-            "id": job_id,
-            "tenant": tenant,
-            "question": question,
-            "top_k": top_k,
-            "status": JobStatus.QUEUED.value,
-            "stage": Stage.QUEUED.value,
-            "stage_rank": Stage.QUEUED.rank,
-            "corpus_version": corpus_version,
-            "answer_cache_key": answer_cache_key,
-            "created_at": now,
-            "request_id": request_id or "",
-        }
-        key = job_key(job_id)
-        with self._redis.pipeline() as pipe:
-            pipe.hset(key, mapping=mapping)
-            pipe.expire(key, self._ttl_s)
-            pipe.execute()
-        record = self.get(job_id)
-        assert record is not None
-        return record
+        return self._write(
+            job_id,
+            tenant,
+            question,
+            top_k,
+            {
+                "status": JobStatus.QUEUED.value,
+                "stage": Stage.QUEUED.value,
+                "stage_rank": Stage.QUEUED.rank,
+                "corpus_version": corpus_version,
+                "answer_cache_key": answer_cache_key,
+                "request_id": request_id or "",
+            },
+        )
 
     def create_finished(
         self, *, job_id: str, tenant: str, question: str, top_k: int, result: dict[str, Any]
     ) -> JobRecord:
         """A job answered from the exact cache: born finished, so its id can be polled too."""
-        now = time.time()
-        key = job_key(job_id)
+        return self._write(
+            job_id,
+            tenant,
+            question,
+            top_k,
+            {
+                "status": JobStatus.SUCCEEDED.value,
+                "stage": Stage.DONE.value,
+                "stage_rank": Stage.DONE.rank,
+                "finished_at": time.time(),
+                "cached": "exact",
+                **_result_fields(result),
+                # The cached answer cost nothing this time; the original job paid for it.
+                "usage": json.dumps({"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}),
+            },
+        )
+
+    def _write(
+        self,
+        job_id: str,
+        tenant: str,
+        question: str,
+        top_k: int,
+        fields: dict[str, str | int | float],
+    ) -> JobRecord:
         mapping: dict[Any, str | int | float] = {
             "id": job_id,
             "tenant": tenant,
             "question": question,
             "top_k": top_k,
-            "status": JobStatus.SUCCEEDED.value,
-            "stage": Stage.DONE.value,
-            "stage_rank": Stage.DONE.rank,
-            "created_at": now,
-            "finished_at": now,
-            "cached": "exact",
-            **_result_fields(result),
-            # The cached answer cost nothing this time; the original job paid for it.
-            "usage": json.dumps({"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}),
+            "created_at": time.time(),
+            **fields,
         }
+        key = job_key(job_id)
         with self._redis.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self._ttl_s)
-            pipe.execute()
-        record = self.get(job_id)
-        assert record is not None
-        return record
+            pipe.hgetall(key)
+            raw: dict[str, str] = pipe.execute()[-1]
+        return _decode(raw)
 
     def get(self, job_id: str) -> JobRecord | None:
         raw: dict[str, str] = self._redis.hgetall(job_key(job_id))  # type: ignore[assignment]
