@@ -2,7 +2,8 @@
 """Set up and run Scribes with nothing but Python 3.11+: `python3 dev.py run | test`.
 
 Creates `.venv` beside this file on first use and installs what the project needs into it
-(torch first, pinned to its CPU build where the index has one), then runs the command.
+(torch first, pinned; TORCH_INDEX_URL picks the index it comes from, e.g. a CPU-only
+one), then runs the command.
 """
 
 from __future__ import annotations

@@ -148,7 +148,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cached = cache.get(cache_key)
         if cached is not None:
             job = jobs.create_finished(
-                job_id=job_id, tenant=tenant, question=question, top_k=top_k, result=cached
+                job_id=job_id,
+                tenant=tenant,
+                question=question,
+                top_k=top_k,
+                result=cached,
+                request_id=request.headers.get("x-request-id"),
             )
             return JSONResponse(job_view(job), status_code=200)
         jobs.create(

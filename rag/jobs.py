@@ -165,7 +165,14 @@ class JobStore:
         )
 
     def create_finished(
-        self, *, job_id: str, tenant: str, question: str, top_k: int, result: dict[str, Any]
+        self,
+        *,
+        job_id: str,
+        tenant: str,
+        question: str,
+        top_k: int,
+        result: dict[str, Any],
+        request_id: str | None = None,
     ) -> JobRecord:
         """A job answered from the exact cache: born finished, so its id can be polled too."""
         return self._write(
@@ -179,6 +186,7 @@ class JobStore:
                 "stage_rank": Stage.DONE.rank,
                 "finished_at": time.time(),
                 "cached": "exact",
+                "request_id": request_id or "",
                 **_result_fields(result),
                 # The cached answer cost nothing this time; the original job paid for it.
                 "usage": json.dumps({"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}),

@@ -21,7 +21,6 @@ from workers.pools import POOLS, worker_command
 __all__ = ["main"]
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
-DEMO_QUESTION = "What did the notes say about the father running to the prodigal son?"
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -213,7 +212,7 @@ def api(host: str, port: int) -> None:
 )
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait.")
 def ingest(paths: tuple[Path, ...], api_url: str | None, wait: bool, timeout: float) -> None:
-    """Add .md and .txt notes from files and folders; the same file again replaces it."""
+    """Add .md, .markdown and .txt notes from files and folders; the same file again replaces it."""
     settings = _settings()
     try:
         files = collect_note_files(paths)
