@@ -35,6 +35,10 @@ worker_prefetch_multiplier = 1
 broker_transport_options = {
     # Above the longest hard time limit (the index task's), or a running task is redelivered.
     "visibility_timeout": _settings.visibility_timeout_s,
+    # Look for messages of dead workers every 10 s (kombu's default is about every 100 s);
+    # a message is handed back only once it is older than the visibility timeout.
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
     "socket_timeout": 10,
     "socket_connect_timeout": 5,
 }

@@ -70,6 +70,7 @@ class _State:
     calls: list[RecordedCall] = field(default_factory=list)
     failures: deque[_Failure] = field(default_factory=deque)
     delay_s: float = 0.0
+    received: int = 0
     cached_prefixes: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -106,6 +107,12 @@ class FakeAnthropic:
     def calls(self) -> list[RecordedCall]:
         with self._state.lock:
             return list(self._state.calls)
+
+    @property
+    def received(self) -> int:
+        """Requests that have arrived, answered or not (`calls` holds only answered ones)."""
+        with self._state.lock:
+            return self._state.received
 
     def reset(self) -> None:
         """Forget calls, scripted failures, the delay and the prompt cache."""
@@ -166,6 +173,7 @@ class FakeAnthropic:
             pass
         presented = RecordedCall(path, headers, body, 0, {}).api_key
         with self._state.lock:
+            self._state.received += 1
             failure = self._state.failures.popleft() if self._state.failures else None
             delay_s = self._state.delay_s
         if delay_s:
