@@ -79,7 +79,7 @@ def token_counter() -> TokenCounter:
 
 
 def embedder() -> Embedder:
-    model = load_embedder(settings().embedding_model)
+    model = load_embedder(settings().embedding_model, threads=settings().embedding_threads)
     if model.dimension != settings().embedding_dimension:
         raise ConfigurationError(
             f"{model.model_name} makes {model.dimension}-d vectors but "
