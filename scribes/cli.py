@@ -29,9 +29,18 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _settings() -> Settings:
+    """Settings for a command that serves: every check, production's included."""
     try:
         return get_settings()
     except (ConfigurationError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0], 2)
+
+
+def _client_settings() -> Settings:
+    """Settings for a command that only calls the API: the server's keys are not its business."""
+    try:
+        return Settings()
+    except ValueError as exc:
         _fail(str(exc).splitlines()[0], 2)
 
 
@@ -213,7 +222,7 @@ def api(host: str, port: int) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait.")
 def ingest(paths: tuple[Path, ...], api_url: str | None, wait: bool, timeout: float) -> None:
     """Add .md, .markdown and .txt notes from files and folders; the same file again replaces it."""
-    settings = _settings()
+    settings = _client_settings()
     try:
         files = collect_note_files(paths)
     except FileNotFoundError as exc:
@@ -280,7 +289,7 @@ def ask(
     question: str, api_url: str | None, top_k: int | None, timeout: float, as_json: bool
 ) -> None:
     """Ask a question of your notes and print the answer with its sources."""
-    settings = _settings()
+    settings = _client_settings()
     with _client(settings, api_url) as client:
         try:
             job = client.ask(question, top_k=top_k, timeout_s=timeout)
@@ -319,7 +328,7 @@ def _print_answer(job: dict[str, Any], as_json: bool) -> None:
 @click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
 def status(api_url: str | None) -> None:
     """Show whether Redis, the vector store and every pool answer."""
-    settings = _settings()
+    settings = _client_settings()
     with _client(settings, api_url) as client:
         try:
             body = client.ready()
