@@ -19,6 +19,7 @@ from rag.answer_cache import AnswerCache
 from rag.documents import DocumentRecord, DocumentRegistry
 from rag.jobs import JobRecord, JobStore, new_job_id
 from rag.keys import pool_heartbeat_key, vector_store_health_key
+from rag.query_batch import PendingQuestions
 from rag.settings import Settings, get_settings
 from rag.tokens import load_token_counter
 from rag.validation import validate_document, validate_question
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     jobs = JobStore(client, ttl_s=settings.job_ttl_s)
     registry = DocumentRegistry(client)
     cache = AnswerCache(client, ttl_s=settings.answer_cache_ttl_s)
+    pending = PendingQuestions(client, max_age_s=settings.job_deadline_s)
     counter = load_token_counter(settings.embedding_model)
     resolve_tenant = TenantResolver(settings)
     if resolve_tenant.open_access:
@@ -166,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request_id=request.headers.get("x-request-id"),
         )
         try:
-            enqueue_question(job_id, deadline_s=settings.job_deadline_s)
+            enqueue_question(job_id, deadline_s=settings.job_deadline_s, pending=pending)
         except Exception as exc:
             jobs.fail(job_id, code="broker_unavailable", message=str(exc))
             raise ApiError(

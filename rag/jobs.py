@@ -36,7 +36,6 @@ class Stage(StrEnum):
 
 
 _STAGE_ORDER = (Stage.QUEUED, Stage.EMBED, Stage.RETRIEVE, Stage.GENERATE, Stage.DONE)
-_TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
 
 # Moves a job forward only: a redelivered task may repeat its own stage, never go back,
 # and nothing changes a finished job. One round trip, atomic.

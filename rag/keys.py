@@ -15,6 +15,7 @@ __all__ = [
     "document_text_key",
     "documents_index_key",
     "job_key",
+    "pending_questions_key",
     "pool_heartbeat_key",
     "staged_chunks_key",
     "vector_store_health_key",
@@ -61,6 +62,11 @@ def answer_cache_key(
         "\x1f".join((normalised_question, str(corpus_version), pipeline_fingerprint)).encode()
     ).hexdigest()
     return f"{_PREFIX}:answer:{tenant}:{digest}"
+
+
+def pending_questions_key() -> str:
+    # Job ids only: the questions themselves stay in their tenant's job records.
+    return f"{_PREFIX}:embed:pending"
 
 
 def pool_heartbeat_key(pool: str) -> str:

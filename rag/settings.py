@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     embedding_model: str = Field(BUNDLED_EMBEDDING_MODEL, alias="SCRIBES_EMBEDDING_MODEL")
     embedding_dimension: int = Field(384, ge=1, alias="SCRIBES_EMBEDDING_DIMENSION")
     embedding_threads: int = Field(1, ge=1, le=64, alias="SCRIBES_EMBEDDING_THREADS")
+    query_batch_size: int = Field(32, ge=1, le=256, alias="SCRIBES_QUERY_BATCH_SIZE")
     embedding_batch_size: int = Field(64, ge=1, alias="SCRIBES_EMBEDDING_BATCH_SIZE")
 
     top_k: int = Field(5, ge=1, le=50, alias="SCRIBES_TOP_K")

@@ -23,6 +23,18 @@ def embed_query(self: JobTask, *, job_id: str) -> None:
         raise Ignore()  # finished, expired, or another delivery is already further on
     job = jobs.get(job_id)
     assert job is not None
-    config = resources.settings()
-    vector = resources.embedder().embed([job.question], batch_size=config.embedding_batch_size)[0]
-    jobs.finish_stage(job_id, Stage.EMBED, query_vector=encode_vector(vector))
+    if job.query_vector is None:
+        # Embed every question waiting now, ours first; their own tasks will find it done.
+        config = resources.settings()
+        pending = resources.pending_questions()
+        batch = pending.take(job_id, limit=config.query_batch_size)
+        vectors = resources.embedder().embed(
+            [question for _, question in batch], batch_size=config.query_batch_size
+        )
+        pending.attach(
+            {
+                waiting: encode_vector(vector)
+                for (waiting, _), vector in zip(batch, vectors, strict=True)
+            }
+        )
+    jobs.finish_stage(job_id, Stage.EMBED)

@@ -8,6 +8,7 @@ from typing import Any
 from celery import chain
 
 from rag.documents import DocumentRecord, DocumentRegistry
+from rag.query_batch import PendingQuestions
 from tasks.embed import embed_query
 from tasks.generate import generate_answer
 from tasks.index import index_document
@@ -20,8 +21,9 @@ __all__ = ["enqueue_document", "enqueue_purge", "enqueue_question"]
 INDEX_EXPIRES = timedelta(days=1)
 
 
-def enqueue_question(job_id: str, *, deadline_s: int) -> None:
+def enqueue_question(job_id: str, *, deadline_s: int, pending: PendingQuestions) -> None:
     """embed → retrieve → generate; a step not started by the deadline is dropped."""
+    pending.add(job_id)
     expires = datetime.now(UTC) + timedelta(seconds=deadline_s)
     chain(
         embed_query.si(job_id=job_id).set(expires=expires),

@@ -16,6 +16,7 @@ from rag.documents import DocumentRegistry
 from rag.embedder import Embedder, load_embedder
 from rag.indexing import ChunkStaging
 from rag.jobs import JobStore
+from rag.query_batch import PendingQuestions
 from rag.settings import ConfigurationError, Settings, get_settings
 from rag.tokens import TokenCounter, load_token_counter
 from rag.vectorstore import VectorStore, open_vector_store
@@ -27,6 +28,7 @@ __all__ = [
     "document_registry",
     "embedder",
     "job_store",
+    "pending_questions",
     "redis_client",
     "settings",
     "token_counter",
@@ -67,6 +69,11 @@ def document_registry() -> DocumentRegistry:
 @lru_cache(maxsize=1)
 def answer_cache() -> AnswerCache:
     return AnswerCache(redis_client(), ttl_s=settings().answer_cache_ttl_s)
+
+
+@lru_cache(maxsize=1)
+def pending_questions() -> PendingQuestions:
+    return PendingQuestions(redis_client(), max_age_s=settings().job_deadline_s)
 
 
 @lru_cache(maxsize=1)

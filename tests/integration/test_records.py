@@ -9,6 +9,7 @@ import redis
 
 from rag.documents import DocumentRegistry, DocumentStatus
 from rag.jobs import JobStatus, JobStore, Stage, new_job_id
+from rag.query_batch import PendingQuestions
 
 
 @pytest.fixture
@@ -94,3 +95,34 @@ def test_tenants_have_separate_documents(client: redis.Redis) -> None:
     assert registry.get("b", "d") is None and registry.records("b") == []
     assert registry.delete("b", "d") is None
     assert registry.get("a", "d") is not None
+
+
+def test_waiting_questions_are_embedded_together_and_only_once(client: redis.Redis) -> None:
+    jobs = JobStore(client, ttl_s=60)
+    pending = PendingQuestions(client, max_age_s=60)
+    first, second, done, gone = (_new_job(jobs) for _ in range(4))
+    for job_id in (second, done, first, gone):
+        pending.add(job_id)
+    jobs.succeed(done, {"answer": "already answered", "sources": []})
+    client.delete(f"scribes:job:{gone}")
+
+    batch = pending.take(first, limit=10)
+    assert [job_id for job_id, _ in batch] == [first, second]
+    assert all(question == "q?" for _, question in batch)
+
+    pending.attach({first: "AAAA", second: "BBBB", done: "CCCC"})
+    assert client.hget(f"scribes:job:{second}", "query_vector") == "BBBB"
+    # A finished job is not touched, and nothing is left waiting.
+    assert client.hget(f"scribes:job:{done}", "query_vector") is None
+    assert pending.take(first, limit=10) == []
+    assert client.zcard("scribes:embed:pending") == 0
+
+
+def test_a_batch_is_capped_and_the_asking_job_always_comes_first(client: redis.Redis) -> None:
+    jobs = JobStore(client, ttl_s=60)
+    pending = PendingQuestions(client, max_age_s=60)
+    waiting = [_new_job(jobs) for _ in range(5)]
+    for job_id in waiting:
+        pending.add(job_id)
+    batch = pending.take(waiting[-1], limit=3)
+    assert [job_id for job_id, _ in batch] == [waiting[-1], waiting[0], waiting[1]]
