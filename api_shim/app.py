@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         try:
             return await call_next(request)
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             return JSONResponse(
                 {
                     "error": {

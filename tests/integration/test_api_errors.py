@@ -133,3 +133,23 @@ def test_oversized_body_is_a_413(cluster: Cluster) -> None:
 def _job_count(cluster: Cluster) -> int:
     client = redis.Redis.from_url(cluster.redis_url)
     return sum(1 for _ in client.scan_iter("scribes:job:*", count=1000))
+
+
+def test_redis_down_is_a_503_that_says_what_to_do() -> None:
+    from fastapi.testclient import TestClient
+
+    from api_shim.app import create_app
+    from rag.settings import Settings
+    from scribes.supervisor import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(Settings(REDIS_URL=url))
+    with TestClient(app) as http:
+        response = http.post("/v1/questions", json={"question": "is anyone there?"})
+        ready = http.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["error"] == {
+        "code": "redis_unavailable",
+        "message": f"Redis at {url} is not reachable; start it or set REDIS_URL",
+    }
+    assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
