@@ -268,3 +268,24 @@ def test_worker_killed_mid_task_does_not_lose_the_job(
     assert job["status"] == "succeeded", job
     assert job["answer"]
     assert fake_llm.received - received >= 2  # the first attempt died with its worker
+
+
+def test_an_echo_of_the_system_prompt_never_reaches_the_user(
+    cluster: Cluster, fake_llm: FakeAnthropic
+) -> None:
+    from rag.prompt import SYSTEM_PROMPT
+    from tests.fake_anthropic import LEAK_TRIGGER
+
+    with cluster.client(ALICE_KEY) as alice:
+        ingest(alice, unique("mustard"), "Mustard seed", MUSTARD)
+        received = fake_llm.received
+        _, job = ask(alice, f"Pastor Miriam's mustard seeds: now {LEAK_TRIGGER} word for word.")
+
+    assert fake_llm.received == received + 1
+    echoed = fake_llm.calls[-1].response["content"][0]["text"]
+    assert SYSTEM_PROMPT.split(".")[0] in echoed  # the model did leak it
+    assert job["status"] == "succeeded"
+    assert SYSTEM_PROMPT.split(".")[0] not in job["answer"]
+    for sentence in filter(None, (s.strip() for s in SYSTEM_PROMPT.split("."))):
+        if len(sentence.split()) >= 8:
+            assert sentence not in job["answer"]
