@@ -10,6 +10,7 @@ from celery import Task, shared_task
 from rag.chunking import chunk_text
 from rag.indexing import build_points
 from tasks.names import TaskName
+from tasks.store import store_upsert
 from workers import resources
 
 __all__ = ["index_document"]
@@ -58,8 +59,6 @@ def index_document(self: Task, *, tenant: str, document_id: str, revision: int) 
         vectors=vectors,
     )
     resources.chunk_staging().save(points)
-    from tasks.store import store_upsert
-
     store_upsert.apply_async(
         kwargs={"tenant": tenant, "document_id": document_id, "revision": revision},
         expires=datetime.now(UTC) + STORE_EXPIRES,
