@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import redis
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api_shim.auth import TenantResolver
 from api_shim.errors import ApiError, install_error_handlers
@@ -46,7 +46,8 @@ class DocumentIn(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-def current_tenant(request: Request) -> str:
+async def current_tenant(request: Request) -> str:
+    # async: resolving is a dictionary lookup, not worth a hop to the thread pool
     resolver: TenantResolver = request.app.state.resolve_tenant
     return resolver(request)
 
@@ -106,29 +107,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.resolve_tenant = resolve_tenant
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def _limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.document_max_bytes * 2:
-            return JSONResponse(
-                {"error": {"code": "body_too_large", "message": "request body is too large"}},
-                status_code=413,
-            )
-        try:
-            return await call_next(request)
-        except (redis.ConnectionError, redis.TimeoutError):
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "redis_unavailable",
-                        "message": f"Redis at {_redacted(settings.redis_url)} is not reachable; "
-                        "start it or set REDIS_URL",
-                    }
-                },
-                status_code=503,
-            )
+    app.add_middleware(BodyLimit, max_bytes=settings.document_max_bytes * 2)
+
+    async def _redis_down(_: Request, __: Exception) -> JSONResponse:
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "redis_unavailable",
+                    "message": f"Redis at {_redacted(settings.redis_url)} is not reachable; "
+                    "start it or set REDIS_URL",
+                }
+            },
+            status_code=503,
+        )
+
+    app.add_exception_handler(redis.ConnectionError, _redis_down)
+    app.add_exception_handler(redis.TimeoutError, _redis_down)
 
     from tasks.pipeline import enqueue_document, enqueue_purge, enqueue_question
 
@@ -275,6 +269,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     return app
+
+
+class BodyLimit:
+    """Refuse a declared body over the limit before reading it (plain ASGI: no per-request
+    task and stream copy, as `@app.middleware("http")` would add)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self._app = app
+        self._max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > self._max_bytes:
+                    response = JSONResponse(
+                        {
+                            "error": {
+                                "code": "body_too_large",
+                                "message": "request body is too large",
+                            }
+                        },
+                        status_code=413,
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self._app(scope, receive, send)
 
 
 def _redacted(url: str) -> str:
