@@ -239,11 +239,13 @@ class JobStore:
         """Say why a job waits (a retry, an outage) without moving it."""
         return self._move(job_id, stage, {"note": note})
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+    def succeed(self, job_id: str, result: dict[str, Any], *, last_stage: Stage) -> bool:
+        """Finish the job with `result`, closing `last_stage` in the same write."""
         now = time.time()
         fields: dict[str, str | int | float] = {
             "status": JobStatus.SUCCEEDED.value,
             "stage": Stage.DONE.value,
+            f"{last_stage}_finished_at": now,
             "finished_at": now,
             "note": "",
             **_result_fields(result),

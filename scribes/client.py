@@ -104,8 +104,5 @@ class ScribesClient:
     def document(self, document_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/documents/{document_id}")
 
-    def delete_document(self, document_id: str) -> dict[str, Any]:
-        return self._call("DELETE", f"/v1/documents/{document_id}")
-
     def ready(self) -> dict[str, Any]:
         return self._call("GET", "/readyz")

@@ -67,6 +67,5 @@ def generate_answer(self: JobTask, *, job_id: str) -> None:
         )
         # Re-queued with a countdown: the worker thread is free while the job waits.
         raise self.retry(exc=exc, countdown=delay, max_retries=limit) from exc
-    jobs.finish_stage(job_id, Stage.GENERATE)
-    if jobs.succeed(job_id, result):
+    if jobs.succeed(job_id, result, last_stage=Stage.GENERATE):
         resources.answer_cache().put(job.answer_cache_key, result)

@@ -43,8 +43,7 @@ def retrieve_context(self: JobTask, *, job_id: str) -> None:
     if not passages:
         # Nothing relevant: say so plainly and never spend a call on the writer.
         result = no_context_result()
-        jobs.finish_stage(job_id, Stage.RETRIEVE, passages="[]")
-        if jobs.succeed(job_id, result):
+        if jobs.succeed(job_id, result, last_stage=Stage.RETRIEVE):
             resources.answer_cache().put(job.answer_cache_key, result)
         stop_chain(self)
         return

@@ -44,7 +44,11 @@ def test_job_moves_forward_only(client: redis.Redis) -> None:
 def test_finished_job_is_final(client: redis.Redis) -> None:
     jobs = JobStore(client, ttl_s=60)
     job_id = _new_job(jobs)
-    assert jobs.succeed(job_id, {"answer": "yes", "sources": [], "usage": {"input_tokens": 1}})
+    assert jobs.succeed(
+        job_id,
+        {"answer": "yes", "sources": [], "usage": {"input_tokens": 1}},
+        last_stage=Stage.GENERATE,
+    )
     assert not jobs.fail(job_id, code="late", message="a duplicate delivery failed")
     assert not jobs.start_stage(job_id, Stage.GENERATE)
     record = jobs.get(job_id)
@@ -103,7 +107,7 @@ def test_waiting_questions_are_embedded_together_and_only_once(client: redis.Red
     first, second, done, gone = (_new_job(jobs) for _ in range(4))
     for job_id in (second, done, first, gone):
         pending.add(job_id)
-    jobs.succeed(done, {"answer": "already answered", "sources": []})
+    jobs.succeed(done, {"answer": "already answered", "sources": []}, last_stage=Stage.GENERATE)
     client.delete(f"scribes:job:{gone}")
 
     batch = pending.take(first, limit=10)
