@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kombu.entity import Queue
 
+import tasks.context  # noqa: F401  (installs the `scribes_ids` the log formats print)
 from rag.settings import get_settings
 from tasks.names import QueueName, TaskName
 
@@ -47,6 +48,12 @@ redis_socket_connect_timeout = 5
 
 # Loading the embedding model takes about 6 s, more than the 4 s default.
 worker_proc_alive_timeout = 90
+# Every line a task writes names its job or document, tenant and request (tasks.context).
+worker_log_format = "[%(asctime)s: %(levelname)s/%(processName)s]%(scribes_ids)s %(message)s"
+worker_task_log_format = (
+    "[%(asctime)s: %(levelname)s/%(processName)s]%(scribes_ids)s "
+    "%(task_name)s[%(task_id)s]: %(message)s"
+)
 worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True

@@ -11,7 +11,7 @@ from bench.baseline_api import BASELINE_PATH, running_baseline_api
 from bench.report import BenchResult, SummaryRow, print_table
 from bench.stats import Summary, format_ratio, ratio, summarise
 from bench.system import BenchSystem, ask_and_wait, progress
-from rag.jobs import JobStore
+from rag.records.jobs import JobStore
 
 __all__ = ["CACHE_QUESTION", "run_cache"]
 

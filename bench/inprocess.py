@@ -18,14 +18,14 @@ from redis import Redis
 from bench.notes import BenchNote
 from rag.answering import compose_answer
 from rag.chunking import chunk_text
-from rag.documents import DocumentRegistry
-from rag.embedder import Embedder, load_embedder
-from rag.extractive import ExtractiveWriter
-from rag.indexing import build_points
+from rag.embedding import Embedder, load_embedder
+from rag.indexing import build_points, embedded_text
+from rag.records.documents import DocumentRegistry
 from rag.retrieval import retrieve_passages
 from rag.settings import Settings
+from rag.store import VectorStore, open_vector_store
 from rag.tokens import load_token_counter
-from rag.vectorstore import VectorStore, open_vector_store
+from rag.writers.extractive import ExtractiveWriter
 
 __all__ = ["LOCAL_TENANT", "InProcessPipeline", "StageTimes", "open_inprocess_pipeline"]
 
@@ -73,9 +73,8 @@ class InProcessPipeline:
                 text=note.text,
                 metadata={},
             )
-            # The text the index task embeds: a short title, then the chunk.
             vectors = self._embedder.embed(
-                [f"{note.title[:80]}\n{chunk.text}" for chunk in chunks],
+                [embedded_text(note.title, chunk.text) for chunk in chunks],
                 batch_size=self._settings.embedding_batch_size,
             )
             self._store.upsert(

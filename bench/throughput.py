@@ -14,7 +14,7 @@ from bench.pipeline import STAGES
 from bench.report import BenchResult, SummaryRow, print_table
 from bench.stats import format_ratio, ratio, summarise
 from bench.system import BENCH_API_KEY, BenchSystem, progress
-from rag.embedder import load_embedder
+from rag.embedding import load_embedder
 
 __all__ = ["LoadOutcome", "run_throughput"]
 

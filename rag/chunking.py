@@ -136,13 +136,11 @@ def chunk_text(
     counter: TokenCounter,
     max_tokens: int,
     overlap_tokens: int,
-    title: str | None = None,
 ) -> list[Chunk]:
     """`text` packed greedily into chunks of at most `max_tokens` tokens.
 
     Each chunk after the first starts with the last sentences (or items) of the one before,
     as many as fit in `overlap_tokens`; a heading that would end a chunk moves to the next.
-    `title` is not written into the chunks: the store keeps it beside each one.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, not {max_tokens}")
@@ -151,7 +149,6 @@ def chunk_text(
             f"overlap_tokens must be at least 0 and below max_tokens ({max_tokens}), "
             f"not {overlap_tokens}"
         )
-    del title
     units = _units(text, counter, max_tokens)
     packed: list[list[_Unit]] = []
     current: list[_Unit] = []

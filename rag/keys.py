@@ -11,6 +11,7 @@ __all__ = [
     "answer_cache_key",
     "corpus_version_key",
     "document_key",
+    "document_lock_key",
     "document_revision_key",
     "document_text_key",
     "documents_index_key",
@@ -32,6 +33,10 @@ def job_key(job_id: str) -> str:
 
 def document_key(tenant: str, document_id: str) -> str:
     return f"{_PREFIX}:doc:{tenant}:{document_id}"
+
+
+def document_lock_key(tenant: str, document_id: str) -> str:
+    return f"{_PREFIX}:lock:doc:{tenant}:{document_id}"
 
 
 def document_revision_key(tenant: str, document_id: str) -> str:

@@ -1,12 +1,12 @@
-"""Steps 3 and 4: find the tenant's passages for a query vector and decide if any are relevant."""
+"""The tenant's live passages nearest to a query vector, numbered for citation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rag.documents import DocumentRegistry
+from rag.records.documents import DocumentRegistry
+from rag.store import VectorStore
 from rag.types import ChunkHit, Passage
-from rag.vectorstore import VectorStore
 
 __all__ = ["retrieve_passages"]
 
@@ -25,16 +25,8 @@ def retrieve_passages(
     hits = store.search(
         tenant=tenant, vector=vector, limit=top_k * 2 + 4, score_threshold=score_threshold
     )
-    live = registry.live_revisions(tenant, sorted({hit.document_id for hit in hits}))
-    kept: list[ChunkHit] = [hit for hit in hits if live.get(hit.document_id) == hit.revision]
-    return [
-        Passage(
-            number=number,
-            chunk_id=hit.id,
-            document_id=hit.document_id,
-            title=hit.title,
-            text=hit.text,
-            score=round(hit.score, 4),
-        )
-        for number, hit in enumerate(kept[:top_k], start=1)
+    live = registry.live_revisions(tenant, sorted({hit.payload.document_id for hit in hits}))
+    kept: list[ChunkHit] = [
+        hit for hit in hits if live.get(hit.payload.document_id) == hit.payload.revision
     ]
+    return [Passage.of_hit(number, hit) for number, hit in enumerate(kept[:top_k], start=1)]

@@ -1,4 +1,4 @@
-"""Step 1 of the pipeline: refuse bad input early, with a code and a message a person can act on."""
+"""Bad input refused early, at the API, with a code and a message a person can act on."""
 
 from __future__ import annotations
 

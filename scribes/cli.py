@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -17,6 +17,9 @@ from rag.settings import ConfigurationError, Settings, get_settings
 from scribes.client import ApiFailure, ScribesClient
 from scribes.notefiles import collect_note_files, read_note
 from workers.pools import POOLS, worker_command
+
+if TYPE_CHECKING:
+    from scribes.supervisor import Supervisor
 
 __all__ = ["main"]
 
@@ -119,7 +122,7 @@ def up(
         supervisor.stop()
 
 
-def _wait_ready(client: ScribesClient, supervisor: Any, timeout_s: float) -> None:
+def _wait_ready(client: ScribesClient, supervisor: Supervisor, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
@@ -128,11 +131,15 @@ def _wait_ready(client: ScribesClient, supervisor: Any, timeout_s: float) -> Non
             raise RuntimeError(f"{dead} during start-up; see the logs")
         try:
             client.ready()
-            return
+            missing = supervisor.not_yet_up()
+            if not missing:
+                return
+            message = f"not ready: {', '.join(missing)}"
         except ApiFailure as exc:
-            if exc.message != last:
-                click.echo(f"scribes: waiting — {exc.message}")
-                last = exc.message
+            message = exc.message
+        if message != last:
+            click.echo(f"scribes: waiting — {message}")
+            last = message
         time.sleep(0.5)
     raise RuntimeError(f"not ready after {timeout_s:.0f} s: {last}")
 
@@ -148,11 +155,11 @@ def _ingest_samples_once(settings: Settings, redis_url: str) -> None:
     if marker.exists() or not SAMPLES_DIR.is_dir():
         return
     _local_environment(redis_url)
+    from rag.services import process_services
     from tasks.pipeline import enqueue_document
-    from workers import resources
 
     notes = [read_note(root, file) for root, file in collect_note_files([SAMPLES_DIR])]
-    registry = resources.document_registry()
+    registry = process_services().documents
     with click.progressbar(notes, label="scribes: ingesting sample notes") as bar:
         for note in bar:
             enqueue_document(
@@ -327,17 +334,20 @@ def _print_answer(job: dict[str, Any], as_json: bool) -> None:
 @main.command()
 @click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
 def status(api_url: str | None) -> None:
-    """Show whether Redis, the vector store and every pool answer."""
+    """Show whether Redis, the broker, every pool and the vector store answer; exit 1 if not."""
     settings = _client_settings()
     with _client(settings, api_url) as client:
         try:
-            body = client.ready()
-            checks = body["checks"]
+            body = client.status()
         except ApiFailure as exc:
-            click.echo(f"scribes: {exc.message}", err=True)
-            sys.exit(1)
-    for name, ok in checks.items():
-        click.echo(f"{'ok  ' if ok else 'DOWN'} {name}")
+            _fail(exc.message)
+    pools = body.get("pools", {})
+    for name, ok in body["checks"].items():
+        pool = pools.get(name.removeprefix("pool:"), {}) if name.startswith("pool:") else {}
+        detail = f" ({pool['processes']} processes)" if "processes" in pool else ""
+        click.echo(f"{'ok  ' if ok else 'DOWN'} {name}{detail}")
+    if body["status"] != "ok":
+        sys.exit(1)
 
 
 if __name__ == "__main__":

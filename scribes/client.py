@@ -106,3 +106,6 @@ class ScribesClient:
 
     def ready(self) -> dict[str, Any]:
         return self._call("GET", "/readyz")
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import redis
 
+from rag.records.heartbeats import Heartbeats
 from rag.settings import DEFAULT_REDIS_URL, Settings
 from workers.pools import POOLS, worker_command
 
@@ -201,6 +202,20 @@ class Supervisor:
         """Start a child again with the command and environment it first had."""
         command, env = self._commands[name]
         self._spawn(name, command, env, self.settings.data_dir / "logs")
+
+    def not_yet_up(self) -> list[str]:
+        """The pools (and the store) that have not said they are alive yet."""
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            heartbeats = Heartbeats(client)
+            missing = [f"pool:{name}" for name, n in heartbeats.alive(POOLS).items() if not n]
+            if not heartbeats.store_answers():
+                missing.append("vector_store")
+            return missing
+        except redis.RedisError:
+            return ["redis"]
+        finally:
+            client.close()
 
     def dead_child(self) -> str | None:
         for name, process in self.children.items():

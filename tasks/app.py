@@ -1,8 +1,11 @@
-"""The Celery application; workers start it with `celery -A tasks.app`."""
+"""The Celery application. Workers start it through `workers.app`, which adds their signals;
+Flower and anything that only enqueues use this module alone."""
 
 from __future__ import annotations
 
 from celery import Celery
+
+import tasks.context  # noqa: F401  (puts the task's ids on every log record)
 
 __all__ = ["app"]
 
@@ -11,5 +14,3 @@ app = Celery(
     include=["tasks.embed", "tasks.retrieve", "tasks.generate", "tasks.index", "tasks.store"],
 )
 app.config_from_object("celeryconfig")
-
-import workers.lifecycle  # noqa: E402,F401  (connects the worker signals)

@@ -1,44 +1,174 @@
-"""What every question task shares: failing the job record when the task gives up."""
+"""The one way to define a Scribes task: `@scribes_task(TaskName.X, …)` over `ScribesTask`.
+
+Every task then:
+- carries its job, tenant and request ids into every log line it writes (`tasks.context`);
+- measures its run time and how long its message waited on the broker, from the enqueue
+  time stamped into the message headers at publish, and hands both to the observers
+  registered with `observe_timings` (the metrics exporter is one);
+- writes a final failure where the user looks: the job record for a question task, the
+  document record for an index or store task, with a code and a reason.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery import Task, shared_task
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.signals import before_task_publish
 
-from workers import resources
+from rag.services import process_services
+from rag.types import Failure
+from rag.writers.base import PermanentLLMError, TransientLLMError
+from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER, TaskIds, bound_ids
+from tasks.names import TaskName
 
-__all__ = ["JobTask", "stop_chain"]
+__all__ = [
+    "ENQUEUED_AT_HEADER",
+    "ScribesTask",
+    "TaskTiming",
+    "failure_of",
+    "observe_timings",
+    "scribes_task",
+    "stop_chain",
+]
 
 log = logging.getLogger(__name__)
 
+ENQUEUED_AT_HEADER = "scribes_enqueued_at"
 
-class JobTask(Task):  # type: ignore[misc]
-    """A task that carries `job_id`: when it finally fails, the job says so instead of hanging."""
+
+@dataclass(frozen=True, slots=True)
+class TaskTiming:
+    """One run of a task: seconds on the broker before it started, seconds it ran."""
+
+    task: str
+    queue: str
+    outcome: str  # succeeded, retried, skipped or failed
+    wait_s: float | None
+    run_s: float
+
+
+_observers: list[Callable[[TaskTiming], None]] = []
+
+
+def observe_timings(observer: Callable[[TaskTiming], None]) -> None:
+    """Call `observer` after every task run in this process (it must be quick and not raise)."""
+    _observers.append(observer)
+
+
+@before_task_publish.connect
+def _stamp_enqueue_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # Every publish, a retry's too, so a retry's wait starts when it was re-queued.
+    if headers is not None:
+        headers[ENQUEUED_AT_HEADER] = time.time()
+
+
+class ScribesTask(Task):  # type: ignore[misc]
+    """The base of every task; see the module's docstring."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        wait_s = self._queue_wait(started)
+        outcome = "failed"
+        with bound_ids(self._ids(kwargs)):
+            try:
+                result = super().__call__(*args, **kwargs)
+                outcome = "succeeded"
+                return result
+            except Retry:
+                outcome = "retried"
+                raise
+            except Ignore:
+                outcome = "skipped"
+                raise
+            finally:
+                self._report(
+                    TaskTiming(self.name, self._queue(), outcome, wait_s, time.time() - started)
+                )
+
+    def _ids(self, kwargs: Any) -> TaskIds:
+        request = self.request
+        headers = {
+            name: getattr(request, name, None) for name in (TENANT_HEADER, REQUEST_ID_HEADER)
+        }
+        return TaskIds.of_message(kwargs if isinstance(kwargs, dict) else {}, headers)
+
+    def _queue_wait(self, started: float) -> float | None:
+        enqueued = getattr(self.request, ENQUEUED_AT_HEADER, None)
+        if enqueued is None:
+            return None
+        ready = float(enqueued)
+        eta = self.request.eta
+        if eta:
+            # A countdown is time the task chose to wait, not time it queued.
+            ready = max(ready, datetime.fromisoformat(eta).timestamp())
+        return max(0.0, started - ready)
+
+    def _queue(self) -> str:
+        info = self.request.delivery_info or {}
+        return str(info.get("routing_key") or TaskName(self.name).queue.value)
+
+    def _report(self, timing: TaskTiming) -> None:
+        log.debug(
+            "%s %s in %.1f ms after %s ms queued",
+            timing.task,
+            timing.outcome,
+            timing.run_s * 1000,
+            "?" if timing.wait_s is None else f"{timing.wait_s * 1000:.1f}",
+        )
+        for observer in _observers:
+            try:
+                observer(timing)
+            except Exception:  # an observer must never fail the task it watches
+                log.exception("task timing observer failed")
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        job_id = kwargs.get("job_id") if isinstance(kwargs, dict) else None
-        if job_id is None:
-            return
-        code, message = failure_of(exc)
-        resources.job_store().fail(job_id, code=code, message=message)
-        log.warning("job %s failed in %s: %s", job_id, self.name, message)
+        """The task gave up: say so on the job or document, or it stays queued for ever."""
+        ids = self._ids(kwargs)
+        failure = failure_of(exc)
+        services = process_services()
+        with bound_ids(ids):
+            if ids.job_id is not None:
+                services.jobs.fail(ids.job_id, failure)
+                log.warning("job failed in %s: %s", self.name, failure.message)
+            elif ids.document is not None:
+                tenant, document_id, revision = ids.document
+                services.documents.mark_failed(tenant, document_id, revision, failure)
+                log.warning("document failed in %s: %s", self.name, failure.message)
+            else:
+                log.warning("%s failed: %s", self.name, failure.message)
 
 
-def failure_of(exc: BaseException) -> tuple[str, str]:
-    from rag.anthropic_writer import PermanentLLMError, TransientLLMError
+def scribes_task(
+    name: TaskName, *, soft_time_limit: int, time_limit: int
+) -> Callable[[Callable[..., None]], Any]:
+    """Register a thin wrapper as the task `name`, bound, on `ScribesTask`, with its limits."""
+    decorator: Callable[[Callable[..., None]], Any] = shared_task(
+        name=name.value,
+        bind=True,
+        base=ScribesTask,
+        soft_time_limit=soft_time_limit,
+        time_limit=time_limit,
+    )
+    return decorator
 
+
+def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, SoftTimeLimitExceeded):
-        return "timeout", f"the {exc.__class__.__name__} limit was reached; try again later"
+        return Failure("timeout", "the task's time limit was reached; try again later")
     if isinstance(exc, TransientLLMError):
-        return "llm_unavailable", f"the language model did not answer after retries: {exc}"
+        return Failure("llm_unavailable", f"the language model did not answer after retries: {exc}")
     if isinstance(exc, PermanentLLMError):
-        return "llm_rejected", f"the language model refused the request: {exc}"
-    return "internal_error", f"{exc.__class__.__name__}: {exc}"[:500]
+        return Failure("llm_rejected", f"the language model refused the request: {exc}")
+    return Failure("internal_error", f"{exc.__class__.__name__}: {exc}"[:500])
 
 
 def stop_chain(task: Task) -> None:

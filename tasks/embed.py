@@ -2,39 +2,54 @@
 
 from __future__ import annotations
 
-from celery import shared_task
 from celery.exceptions import Ignore
 
-from rag.embedder import encode_vector
-from rag.jobs import Stage
-from tasks.base import JobTask
+from rag.embedding import Embedder, encode_vectors
+from rag.records.jobs import JobStore, Stage
+from rag.records.pending import PendingQuestions
+from rag.services import process_services
+from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
-from workers import resources
 
-__all__ = ["embed_query"]
+__all__ = ["embed_query", "embed_question"]
 
 
-@shared_task(
-    name=TaskName.EMBED_QUERY.value, bind=True, base=JobTask, soft_time_limit=30, time_limit=60
-)
-def embed_query(self: JobTask, *, job_id: str) -> None:
-    jobs = resources.job_store()
+def embed_question(
+    job_id: str,
+    *,
+    jobs: JobStore,
+    pending: PendingQuestions,
+    embedder: Embedder,
+    batch_size: int,
+) -> bool:
+    """Give the job its query vector; False when the job is not this delivery's to move."""
     if not jobs.start_stage(job_id, Stage.EMBED):
-        raise Ignore()  # finished, expired, or another delivery is already further on
+        return False  # finished, expired, or another delivery is already further on
     job = jobs.get(job_id)
-    assert job is not None
+    if job is None:
+        return False
     if job.query_vector is None:
         # Embed every question waiting now, ours first; their own tasks will find it done.
-        config = resources.settings()
-        pending = resources.pending_questions()
-        batch = pending.take(job_id, limit=config.query_batch_size)
-        vectors = resources.embedder().embed(
-            [question for _, question in batch], batch_size=config.query_batch_size
-        )
+        batch = pending.take(job_id, limit=batch_size)
+        vectors = embedder.embed([question for _, question in batch], batch_size=batch_size)
         pending.attach(
             {
-                waiting: encode_vector(vector)
+                waiting: encode_vectors(vector)
                 for (waiting, _), vector in zip(batch, vectors, strict=True)
             }
         )
     jobs.finish_stage(job_id, Stage.EMBED)
+    return True
+
+
+@scribes_task(TaskName.EMBED_QUERY, soft_time_limit=30, time_limit=60)
+def embed_query(self: ScribesTask, *, job_id: str) -> None:
+    services = process_services()
+    if not embed_question(
+        job_id,
+        jobs=services.jobs,
+        pending=services.pending,
+        embedder=services.embedder(),
+        batch_size=services.settings.query_batch_size,
+    ):
+        raise Ignore()

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import random
 
-from celery import shared_task
 from celery.exceptions import Ignore
 
 from rag.answering import compose_answer
-from rag.anthropic_writer import TransientLLMError
-from rag.jobs import Stage
-from rag.types import Passage
-from tasks.base import JobTask
+from rag.caches.answers import AnswerCache
+from rag.records.jobs import JobStore, Stage
+from rag.services import process_services
+from rag.writers.base import AnswerWriter, TransientLLMError
+from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
-from workers import resources
 
-__all__ = ["generate_answer", "retry_delay"]
+__all__ = ["generate_answer", "retry_delay", "write_answer"]
 
 _BACKOFF_BASE_S = 1.0
 _BACKOFF_CAP_S = 60.0
@@ -27,39 +26,38 @@ def retry_delay(attempt: int, retry_after: float | None) -> float:
     return max(backoff, retry_after or 0.0)
 
 
-@shared_task(
-    name=TaskName.GENERATE_ANSWER.value,
-    bind=True,
-    base=JobTask,
-    soft_time_limit=150,
-    time_limit=180,
-)
-def generate_answer(self: JobTask, *, job_id: str) -> None:
-    jobs = resources.job_store()
+def write_answer(
+    job_id: str, *, jobs: JobStore, writer: AnswerWriter, answers: AnswerCache
+) -> bool:
+    """Write, finish and cache the job's answer; False when the job is not ours to move.
+
+    A transient model failure raises `TransientLLMError` for the caller to retry.
+    """
     if not jobs.start_stage(job_id, Stage.GENERATE):
-        raise Ignore()
+        return False
     job = jobs.get(job_id)
-    assert job is not None
-    passages = [
-        Passage(
-            number=p["number"],
-            chunk_id=p["chunk_id"],
-            document_id=p["document_id"],
-            title=p["title"],
-            text=p["text"],
-            score=p["score"],
-        )
-        for p in job.passages
-    ]
+    if job is None:
+        return False
+    answer = compose_answer(job.question, job.passages, writer)
+    if jobs.succeed(job_id, answer, last_stage=Stage.GENERATE):
+        answers.put(job.answer_cache_key, answer)
+    return True
+
+
+@scribes_task(TaskName.GENERATE_ANSWER, soft_time_limit=150, time_limit=180)
+def generate_answer(self: ScribesTask, *, job_id: str) -> None:
+    services = process_services()
     try:
-        result = compose_answer(job.question, passages, resources.writer())
+        done = write_answer(
+            job_id, jobs=services.jobs, writer=services.writer, answers=services.answers
+        )
     except TransientLLMError as exc:
         attempt = self.request.retries
-        limit = resources.settings().llm_max_retries
+        limit = services.settings.llm_max_retries
         if attempt >= limit:
             raise
         delay = retry_delay(attempt, exc.retry_after)
-        jobs.note(
+        services.jobs.note(
             job_id,
             Stage.GENERATE,
             f"the language model is unavailable ({exc}); retry {attempt + 1} of {limit} "
@@ -67,5 +65,5 @@ def generate_answer(self: JobTask, *, job_id: str) -> None:
         )
         # Re-queued with a countdown: the worker thread is free while the job waits.
         raise self.retry(exc=exc, countdown=delay, max_retries=limit) from exc
-    if jobs.succeed(job_id, result, last_stage=Stage.GENERATE):
-        resources.answer_cache().put(job.answer_cache_key, result)
+    if not done:
+        raise Ignore()

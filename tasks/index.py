@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from celery import Task, shared_task
-
 from rag.chunking import chunk_text
-from rag.indexing import build_points
+from rag.embedding import Embedder
+from rag.indexing import build_points, embedded_text
+from rag.records.documents import DocumentRegistry
+from rag.records.staging import ChunkStaging
+from rag.services import process_services
+from rag.tokens import TokenCounter
+from rag.types import Failure
+from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
 from tasks.store import store_upsert
-from workers import resources
 
-__all__ = ["index_document"]
+__all__ = ["index_document", "stage_revision"]
 
 log = logging.getLogger(__name__)
 
@@ -21,45 +25,72 @@ log = logging.getLogger(__name__)
 STORE_EXPIRES = timedelta(days=1)
 
 
-@shared_task(name=TaskName.INDEX_DOCUMENT.value, bind=True, soft_time_limit=600, time_limit=660)
-def index_document(self: Task, *, tenant: str, document_id: str, revision: int) -> None:
-    registry = resources.document_registry()
-    if not registry.is_current(tenant, document_id, revision):
+def stage_revision(
+    tenant: str,
+    document_id: str,
+    revision: int,
+    *,
+    documents: DocumentRegistry,
+    staging: ChunkStaging,
+    embedder: Embedder,
+    counter: TokenCounter,
+    chunk_tokens: int,
+    overlap_tokens: int,
+    batch_size: int,
+) -> bool:
+    """Chunk and embed the revision into the staging area; True when the store should
+    apply it, False when there is nothing to write (superseded, deleted, or failed)."""
+    if not documents.is_current(tenant, document_id, revision):
         log.info("skipping %s/%s@%d: superseded or deleted", tenant, document_id, revision)
-        return
-    document = registry.load_text(tenant, document_id, revision)
+        return False
+    document = documents.load_text(tenant, document_id, revision)
     if document is None:
-        registry.mark_failed(
-            tenant, document_id, revision, error="the text expired before it was indexed"
+        documents.mark_failed(
+            tenant,
+            document_id,
+            revision,
+            Failure("text_expired", "the text expired before it was indexed; submit it again"),
         )
-        return
-    config = resources.settings()
+        return False
     chunks = chunk_text(
-        document.text,
-        counter=resources.token_counter(),
-        max_tokens=config.chunk_tokens,
-        overlap_tokens=config.chunk_overlap_tokens,
+        document.text, counter=counter, max_tokens=chunk_tokens, overlap_tokens=overlap_tokens
     )
     if not chunks:
-        registry.mark_failed(tenant, document_id, revision, error="no text to index")
-        return
-    # The title rides along in the embedded text (notes are often asked about by title),
-    # cut short so that chunk and title stay inside the model's 256-token window.
-    title = document.title[:80]
-    vectors = resources.embedder().embed(
-        [f"{title}\n{chunk.text}" for chunk in chunks],
-        batch_size=config.embedding_batch_size,
+        documents.mark_failed(tenant, document_id, revision, Failure("no_text", "no text to index"))
+        return False
+    vectors = embedder.embed(
+        [embedded_text(document.title, chunk.text) for chunk in chunks], batch_size=batch_size
     )
-    points = build_points(
-        tenant=tenant,
-        document_id=document_id,
-        revision=revision,
-        title=document.title,
-        chunks=chunks,
-        vectors=vectors,
+    staging.save(
+        build_points(
+            tenant=tenant,
+            document_id=document_id,
+            revision=revision,
+            title=document.title,
+            chunks=chunks,
+            vectors=vectors,
+        )
     )
-    resources.chunk_staging().save(points)
-    store_upsert.apply_async(
-        kwargs={"tenant": tenant, "document_id": document_id, "revision": revision},
-        expires=datetime.now(UTC) + STORE_EXPIRES,
-    )
+    return True
+
+
+@scribes_task(TaskName.INDEX_DOCUMENT, soft_time_limit=600, time_limit=660)
+def index_document(self: ScribesTask, *, tenant: str, document_id: str, revision: int) -> None:
+    services = process_services()
+    settings = services.settings
+    if stage_revision(
+        tenant,
+        document_id,
+        revision,
+        documents=services.documents,
+        staging=services.staging,
+        embedder=services.embedder(),
+        counter=services.token_counter(),
+        chunk_tokens=settings.chunk_tokens,
+        overlap_tokens=settings.chunk_overlap_tokens,
+        batch_size=settings.embedding_batch_size,
+    ):
+        store_upsert.apply_async(
+            kwargs={"tenant": tenant, "document_id": document_id, "revision": revision},
+            expires=datetime.now(UTC) + STORE_EXPIRES,
+        )

@@ -2,49 +2,74 @@
 
 from __future__ import annotations
 
-import json
+from enum import StrEnum
 
-from celery import shared_task
 from celery.exceptions import Ignore
 
-from rag.answering import no_context_result, source_of
-from rag.embedder import decode_vector
-from rag.jobs import Stage
+from rag.answering import no_context_answer
+from rag.caches.answers import AnswerCache
+from rag.embedding import decode_vector
+from rag.records.documents import DocumentRegistry
+from rag.records.jobs import JobStore, Stage
 from rag.retrieval import retrieve_passages
-from tasks.base import JobTask, stop_chain
+from rag.services import process_services
+from rag.store import VectorStore
+from tasks.base import ScribesTask, scribes_task, stop_chain
 from tasks.names import TaskName
-from workers import resources
 
-__all__ = ["retrieve_context"]
+__all__ = ["Retrieved", "find_passages", "retrieve_context"]
 
 
-@shared_task(
-    name=TaskName.RETRIEVE_CONTEXT.value,
-    bind=True,
-    base=JobTask,
-    soft_time_limit=30,
-    time_limit=60,
-)
-def retrieve_context(self: JobTask, *, job_id: str) -> None:
-    jobs = resources.job_store()
+class Retrieved(StrEnum):
+    PASSAGES = "passages"  # handed to generate
+    NO_CONTEXT = "no_context"  # the job is answered: nothing relevant
+    SKIPPED = "skipped"  # not this delivery's job to move
+
+
+def find_passages(
+    job_id: str,
+    *,
+    jobs: JobStore,
+    store: VectorStore,
+    documents: DocumentRegistry,
+    answers: AnswerCache,
+    score_threshold: float,
+) -> Retrieved:
     if not jobs.start_stage(job_id, Stage.RETRIEVE):
-        raise Ignore()
+        return Retrieved.SKIPPED
     job = jobs.get(job_id)
-    assert job is not None and job.query_vector is not None
-    config = resources.settings()
+    if job is None or job.query_vector is None:
+        return Retrieved.SKIPPED
     passages = retrieve_passages(
-        resources.vector_store(),
-        resources.document_registry(),
+        store,
+        documents,
         tenant=job.tenant,
         vector=decode_vector(job.query_vector).tolist(),
         top_k=job.top_k,
-        score_threshold=config.score_threshold,
+        score_threshold=score_threshold,
     )
     if not passages:
         # Nothing relevant: say so plainly and never spend a call on the writer.
-        result = no_context_result()
-        if jobs.succeed(job_id, result, last_stage=Stage.RETRIEVE):
-            resources.answer_cache().put(job.answer_cache_key, result)
+        answer = no_context_answer()
+        if jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE):
+            answers.put(job.answer_cache_key, answer)
+        return Retrieved.NO_CONTEXT
+    jobs.finish_stage(job_id, Stage.RETRIEVE, passages=passages)
+    return Retrieved.PASSAGES
+
+
+@scribes_task(TaskName.RETRIEVE_CONTEXT, soft_time_limit=30, time_limit=60)
+def retrieve_context(self: ScribesTask, *, job_id: str) -> None:
+    services = process_services()
+    outcome = find_passages(
+        job_id,
+        jobs=services.jobs,
+        store=services.vector_store(),
+        documents=services.documents,
+        answers=services.answers,
+        score_threshold=services.settings.score_threshold,
+    )
+    if outcome is Retrieved.SKIPPED:
+        raise Ignore()
+    if outcome is Retrieved.NO_CONTEXT:
         stop_chain(self)
-        return
-    jobs.finish_stage(job_id, Stage.RETRIEVE, passages=json.dumps([source_of(p) for p in passages]))

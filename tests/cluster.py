@@ -59,9 +59,11 @@ class Cluster:
                     raise RuntimeError(f"{dead}; logs in {self.data_dir / 'logs'}")
                 try:
                     response = http.get("/readyz")
-                    if response.status_code == 200:
-                        return
                     last = response.json()
+                    if response.status_code == 200:
+                        last = self.supervisor.not_yet_up()
+                        if not last:
+                            return
                 except httpx.TransportError as exc:
                     last = exc
                 time.sleep(0.3)

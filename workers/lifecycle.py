@@ -10,33 +10,32 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from rag.keys import pool_heartbeat_key, vector_store_health_key
-from workers import resources
+from rag.records.heartbeats import HEARTBEAT_INTERVAL_S
+from rag.services import process_services
 from workers.pools import POOLS, PoolSpec
 
-__all__ = ["HEARTBEAT_INTERVAL_S", "HEARTBEAT_STALE_S", "current_pool"]
+__all__ = ["current_pool"]
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 5.0
-HEARTBEAT_STALE_S = 20.0
 _stop = threading.Event()
 
 
 def current_pool() -> PoolSpec | None:
-    name = resources.settings().worker_pool
+    name = process_services().settings.worker_pool
     return POOLS.get(name) if name else None
 
 
 def _warm(spec: PoolSpec) -> None:
     started = time.perf_counter()
+    services = process_services()
     if spec.loads_model:
-        resources.embedder()
-        resources.token_counter()
+        services.embedder()
+        services.token_counter()
     if spec.owns_vector_store:
-        resources.vector_store()
-    if spec.name == "generate":
-        resources.writer()
+        services.vector_store()
+    if spec.writes_answers:
+        _ = services.writer
     log.info("%s pool warm in %.1f s", spec.name, time.perf_counter() - started)
 
 
@@ -64,23 +63,16 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 @worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
     _stop.set()
-    resources.close_vector_store()
+    process_services().close()
 
 
 def _heartbeat(spec: PoolSpec, hostname: str) -> None:
     """Say this pool is alive (and, for the store's owner, that the store answers)."""
-    redis = resources.redis_client()
-    key = pool_heartbeat_key(spec.name)
+    services = process_services()
     while not _stop.is_set():
         try:
-            now = time.time()
-            with redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {hostname: now})
-                pipe.zremrangebyscore(key, 0, now - HEARTBEAT_STALE_S * 3)
-                pipe.execute()
-            if spec.owns_vector_store:
-                points = resources.vector_store().count()
-                redis.set(vector_store_health_key(), points, ex=int(HEARTBEAT_STALE_S))
+            points = services.vector_store().count() if spec.owns_vector_store else None
+            services.heartbeats.beat(spec.name, hostname, store_points=points)
         except Exception:  # a missed beat is reported by its absence; keep beating
             log.exception("heartbeat failed")
         _stop.wait(HEARTBEAT_INTERVAL_S)

@@ -17,9 +17,10 @@ class PoolSpec:
     queues: tuple[QueueName, ...]
     pool: Literal["prefork", "threads", "solo"]
     concurrency: int
-    loads_model: bool
-    owns_vector_store: bool
     description: str
+    loads_model: bool = False
+    owns_vector_store: bool = False
+    writes_answers: bool = False
 
 
 POOLS: dict[str, PoolSpec] = {
@@ -28,42 +29,38 @@ POOLS: dict[str, PoolSpec] = {
         # CPU-bound: one process per core at most; prefork so a crashed child is replaced
         # and its task handed back, and so torch never shares a process with other work.
         PoolSpec(
-            "embed",
-            (QueueName.EMBED,),
-            "prefork",
-            1,
-            True,
-            False,
-            "embeds questions on the CPU",
+            name="embed",
+            queues=(QueueName.EMBED,),
+            pool="prefork",
+            concurrency=1,
+            loads_model=True,
+            description="embeds questions on the CPU",
         ),
         PoolSpec(
-            "index",
-            (QueueName.INDEX,),
-            "prefork",
-            1,
-            True,
-            False,
-            "chunks and embeds documents in batches, off the question path",
+            name="index",
+            queues=(QueueName.INDEX,),
+            pool="prefork",
+            concurrency=1,
+            loads_model=True,
+            description="chunks and embeds documents in batches, off the question path",
         ),
         # The embedded vector store allows one owner process: threads share it.
         PoolSpec(
-            "retrieve",
-            (QueueName.RETRIEVE,),
-            "threads",
-            8,
-            False,
-            True,
-            "searches the vector store and applies writes to it",
+            name="retrieve",
+            queues=(QueueName.RETRIEVE,),
+            pool="threads",
+            concurrency=8,
+            owns_vector_store=True,
+            description="searches the vector store and applies writes to it",
         ),
         # Waits on the network: many threads, one process.
         PoolSpec(
-            "generate",
-            (QueueName.GENERATE,),
-            "threads",
-            16,
-            False,
-            False,
-            "writes answers with Anthropic or the extractive writer",
+            name="generate",
+            queues=(QueueName.GENERATE,),
+            pool="threads",
+            concurrency=16,
+            writes_answers=True,
+            description="writes answers with Anthropic or the extractive writer",
         ),
     )
 }
@@ -77,7 +74,7 @@ def worker_command(
         "-m",
         "celery",
         "-A",
-        "tasks.app",
+        "workers.app",
         "worker",
         "--queues",
         ",".join(queue.value for queue in spec.queues),

@@ -13,17 +13,17 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from rag.anthropic_writer import (
+from rag.types import Passage, Usage
+from rag.writers.anthropic import (
     AnthropicWriter,
     LLMError,
     PermanentLLMError,
     TransientLLMError,
     retry_after_seconds,
 )
-from rag.postprocess import LEAK_REFUSAL, finish_answer
-from rag.pricing import PRICES, cost_usd
-from rag.prompt import SYSTEM_PROMPT
-from rag.types import Passage, Usage
+from rag.writers.postprocess import LEAK_REFUSAL, finish_answer
+from rag.writers.pricing import PRICES, cost_usd
+from rag.writers.prompt import SYSTEM_PROMPT
 from tests.fake_anthropic import DEFAULT_API_KEY, MESSAGE_ID, FakeAnthropic
 
 MODEL = "claude-sonnet-4-5-20250929"
@@ -137,7 +137,7 @@ def test_usage_and_cost_include_cache_writes_then_cache_reads(
             + u.cache_creation_input_tokens * price.cache_write
             + u.cache_read_input_tokens * price.cache_read
         ) / Decimal(1_000_000)
-        assert cost_usd(draft.model, u) == float(expected)
+        assert cost_usd(draft.model, u) == expected
     first_cost, second_cost = cost_usd(first.model, first.usage), cost_usd(MODEL, second.usage)
     assert first_cost is not None and second_cost is not None
     assert second_cost < first_cost  # the cache read is the cheap one

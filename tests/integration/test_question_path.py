@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.pricing import cost_usd
 from rag.types import Usage
+from rag.writers.pricing import cost_usd
 from tests.cluster import Cluster
 from tests.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import ALICE_KEY, BOB_KEY
@@ -100,7 +100,7 @@ def test_question_end_to_end_records_usage_and_cost(
             cache_creation_input_tokens=usage["cache_creation_input_tokens"],
         ),
     )
-    assert expected is not None and usage["cost_usd"] == pytest.approx(expected)
+    assert expected is not None and usage["cost_usd"] == pytest.approx(float(expected))
     assert new_calls[0].body["system"][0]["cache_control"] == {"type": "ephemeral"}
 
 
@@ -273,7 +273,7 @@ def test_worker_killed_mid_task_does_not_lose_the_job(
 def test_an_echo_of_the_system_prompt_never_reaches_the_user(
     cluster: Cluster, fake_llm: FakeAnthropic
 ) -> None:
-    from rag.prompt import SYSTEM_PROMPT
+    from rag.writers.prompt import SYSTEM_PROMPT
     from tests.fake_anthropic import LEAK_TRIGGER
 
     with cluster.client(ALICE_KEY) as alice:

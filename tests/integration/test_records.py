@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from rag.documents import DocumentRegistry, DocumentStatus
-from rag.jobs import JobStatus, JobStore, Stage, new_job_id
-from rag.query_batch import PendingQuestions
+from rag.records.documents import DocumentRegistry, DocumentStatus
+from rag.records.jobs import JobStatus, JobStore, Stage, new_job_id
+from rag.records.pending import PendingQuestions
+from rag.types import Answer, Failure, Usage
 
 
 @pytest.fixture
@@ -45,15 +46,14 @@ def test_finished_job_is_final(client: redis.Redis) -> None:
     jobs = JobStore(client, ttl_s=60)
     job_id = _new_job(jobs)
     assert jobs.succeed(
-        job_id,
-        {"answer": "yes", "sources": [], "usage": {"input_tokens": 1}},
-        last_stage=Stage.GENERATE,
+        job_id, Answer("yes", usage=Usage(input_tokens=1)), last_stage=Stage.GENERATE
     )
-    assert not jobs.fail(job_id, code="late", message="a duplicate delivery failed")
+    assert not jobs.fail(job_id, Failure("late", "a duplicate delivery failed"))
     assert not jobs.start_stage(job_id, Stage.GENERATE)
     record = jobs.get(job_id)
     assert record is not None
-    assert record.status is JobStatus.SUCCEEDED and record.answer == "yes" and record.error is None
+    assert record.status is JobStatus.SUCCEEDED and record.error is None
+    assert record.answer == Answer("yes", usage=Usage(input_tokens=1))
     assert 0 < client.ttl(f"scribes:job:{job_id}") <= 60
 
 
@@ -107,7 +107,7 @@ def test_waiting_questions_are_embedded_together_and_only_once(client: redis.Red
     first, second, done, gone = (_new_job(jobs) for _ in range(4))
     for job_id in (second, done, first, gone):
         pending.add(job_id)
-    jobs.succeed(done, {"answer": "already answered", "sources": []}, last_stage=Stage.GENERATE)
+    jobs.succeed(done, Answer("already answered"), last_stage=Stage.GENERATE)
     client.delete(f"scribes:job:{gone}")
 
     batch = pending.take(first, limit=10)

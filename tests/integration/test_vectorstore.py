@@ -13,9 +13,9 @@ from numpy.typing import NDArray
 from qdrant_edge import EdgeShard, KeywordIndexParams, PayloadSchemaType
 
 from rag.settings import ConfigurationError
-from rag.types import ChunkPoint
-from rag.vectorstore import VectorStore, VectorStoreError, open_vector_store
-from rag.vectorstore_edge import EdgeVectorStore
+from rag.store import VectorStore, VectorStoreError, open_vector_store
+from rag.store.edge import EdgeVectorStore
+from rag.types import ChunkPayload, ChunkPoint
 
 DIMENSION = 384
 KINDS = ["edge", "qdrant-memory", "qdrant-path"]
@@ -66,12 +66,14 @@ def chunk(
     return ChunkPoint(
         id=str(uuid.uuid5(uuid.NAMESPACE_URL, key)),
         vector=vector.tolist() if isinstance(vector, np.ndarray) else vector,
-        tenant=tenant,
-        document_id=document_id,
-        revision=revision,
-        chunk_index=chunk_index,
-        title=f"Title of {document_id}",
-        text=text if text is not None else f"text of {key}",
+        payload=ChunkPayload(
+            tenant=tenant,
+            document_id=document_id,
+            revision=revision,
+            chunk_index=chunk_index,
+            title=f"Title of {document_id}",
+            text=text if text is not None else f"text of {key}",
+        ),
     )
 
 
@@ -89,14 +91,8 @@ def test_search_returns_the_nearest_first_with_its_payload(store: VectorStore) -
     expected = vectors @ (query / np.linalg.norm(query))
     assert [h.id for h in hits] == [points[i].id for i in np.argsort(-expected)[:5]]
     assert hits[0].score == pytest.approx(expected[17], abs=1e-4)
-    best = hits[0]
-    assert (best.tenant, best.document_id, best.revision, best.chunk_index) == (
-        "acme",
-        "doc-1",
-        1,
-        17,
-    )
-    assert (best.title, best.text) == (points[17].title, points[17].text)
+    assert hits[0].payload == points[17].payload
+    assert (hits[0].payload.document_id, hits[0].payload.chunk_index) == ("doc-1", 17)
 
 
 def test_limit_caps_the_hits(store: VectorStore) -> None:
@@ -115,9 +111,9 @@ def test_a_tenant_never_sees_another_tenants_chunks(store: VectorStore) -> None:
     globex = store.search(tenant="globex", vector=vectors[0].tolist(), limit=20)
 
     assert len(acme) == 10
-    assert {h.tenant for h in acme} == {"acme"}
+    assert {h.payload.tenant for h in acme} == {"acme"}
     assert len(globex) == 3
-    assert {h.tenant for h in globex} == {"globex"}
+    assert {h.payload.tenant for h in globex} == {"globex"}
     assert globex[0].score == pytest.approx(1.0, abs=1e-4)
     assert store.search(tenant="initech", vector=vectors[0].tolist(), limit=20) == []
     assert (store.count(tenant="acme"), store.count(tenant="globex"), store.count()) == (10, 3, 13)
@@ -132,7 +128,10 @@ def test_upserting_the_same_ids_again_replaces_rather_than_duplicates(store: Vec
     store.upsert([chunk(vectors[0], chunk_index=0, text="rewritten")])
 
     assert store.count() == 8
-    assert store.search(tenant="acme", vector=vectors[0].tolist(), limit=1)[0].text == "rewritten"
+    assert (
+        store.search(tenant="acme", vector=vectors[0].tolist(), limit=1)[0].payload.text
+        == "rewritten"
+    )
 
 
 def test_delete_revisions_removes_only_that_documents_old_revisions(store: VectorStore) -> None:
@@ -154,7 +153,7 @@ def test_delete_revisions_removes_only_that_documents_old_revisions(store: Vecto
     assert store.count(tenant="globex", document_id="doc-1") == 12
     assert store.count() == 40
     left = store.search(tenant="acme", vector=vectors[0].tolist(), limit=48)
-    assert {h.revision for h in left if h.document_id == "doc-1"} == {3}
+    assert {h.payload.revision for h in left if h.payload.document_id == "doc-1"} == {3}
 
 
 def test_score_threshold_drops_weaker_hits(store: VectorStore) -> None:
@@ -200,7 +199,7 @@ def test_written_points_survive_close_and_reopen(kind: str, tmp_path: Path) -> N
     try:
         assert again.count() == 30
         hits = again.search(tenant="acme", vector=vectors[4].tolist(), limit=1)
-        assert hits[0].chunk_index == 4
+        assert hits[0].payload.chunk_index == 4
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     finally:
         again.close()
@@ -270,7 +269,7 @@ def test_edge_optimize_builds_the_index_and_keeps_every_point(tmp_path: Path) ->
         assert store.count() == 7_000
         for i in (0, 3_333, 6_999):
             hits = store.search(tenant="acme", vector=vectors[i].tolist(), limit=1)
-            assert hits[0].chunk_index == i
+            assert hits[0].payload.chunk_index == i
         store.upsert([chunk(axis(1.0), chunk_index=7_000)])
         store.delete_revisions(tenant="acme", document_id="doc-1", up_to_revision=1)
         assert store.count() == 0
@@ -310,7 +309,7 @@ def test_concurrent_searches_and_upserts_stay_consistent(store: VectorStore) -> 
             writing.wait(5)
             while not done.is_set():
                 hits = store.search(tenant="acme", vector=query, limit=5)
-                assert all(h.tenant == "acme" for h in hits)
+                assert all(h.payload.tenant == "acme" for h in hits)
                 seen_counts[reader].append(store.count(tenant="acme"))
         except BaseException as exc:
             errors.append(exc)

@@ -92,13 +92,9 @@ def test_empty_text_gives_no_chunks(counter: TokenCounter) -> None:
     assert chunk_text(" \n\n\t ", counter=counter, max_tokens=50, overlap_tokens=10) == []
 
 
-def test_short_note_is_one_chunk_without_its_title(counter: TokenCounter) -> None:
+def test_short_note_is_one_chunk(counter: TokenCounter) -> None:
     chunks = chunk_text(
-        "Hope is an  anchor.\nIt holds.",
-        counter=counter,
-        max_tokens=50,
-        overlap_tokens=10,
-        title="Sermon on hope",
+        "Hope is an  anchor.\nIt holds.", counter=counter, max_tokens=50, overlap_tokens=10
     )
     assert chunks == [
         Chunk(0, "Hope is an anchor.\nIt holds.", counter.count("Hope is an anchor. It holds."))

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from rag.chunking import chunk_text
-from rag.extractive import NOTHING_FOUND, ExtractiveWriter
 from rag.tokens import load_token_counter
 from rag.types import Passage, Usage
+from rag.writers.extractive import NOTHING_FOUND, ExtractiveWriter
 
 LINE = re.compile(r"- (?P<sentence>.+) \[(?P<number>\d+)\]")
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from rag.postprocess import LEAK_REFUSAL, FinishedAnswer, finish_answer
-from rag.prompt import SYSTEM_PROMPT
 from rag.types import Passage
+from rag.writers.postprocess import LEAK_REFUSAL, FinishedAnswer, finish_answer
+from rag.writers.prompt import SYSTEM_PROMPT
 
 PASSAGES = [
     Passage(number=n, chunk_id=f"c{n}", document_id="d", title="t", text="x", score=0.5)

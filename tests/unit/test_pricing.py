@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from rag.pricing import PRICES, ModelPrice, cost_usd, price_for
 from rag.types import Usage
+from rag.writers.pricing import PRICES, ModelPrice, cost_usd, price_for
 
 
 @pytest.mark.parametrize(
@@ -64,21 +64,23 @@ def test_cost_adds_all_four_kinds_of_token() -> None:
         cache_creation_input_tokens=3_000,
     )
     # 1234*3 + 567*15 + 2000*0.30 + 3000*3.75 = 3702 + 8505 + 600 + 11250 = 24057 micro-dollars
-    assert cost_usd("claude-sonnet-4-5-20250929", usage) == 0.024057
+    assert cost_usd("claude-sonnet-4-5-20250929", usage) == Decimal("0.024057")
 
 
 def test_cost_is_exact_where_float_arithmetic_drifts() -> None:
     usage = Usage(cache_read_input_tokens=1, output_tokens=5)
     assert 1 * 0.30 / 1e6 + 5 * 15 / 1e6 != 0.0000753  # why Decimal is used
-    assert cost_usd("claude-sonnet-4", usage) == 0.0000753
+    assert cost_usd("claude-sonnet-4", usage) == Decimal("0.0000753")
 
 
 def test_single_tokens_keep_their_eighth_decimal() -> None:
-    assert cost_usd("claude-3-5-haiku", Usage(cache_read_input_tokens=1)) == 0.00000008
-    assert cost_usd("claude-haiku-4-5", Usage(cache_read_input_tokens=1)) == 0.0000001
-    assert cost_usd("claude-haiku-4-5", Usage(cache_creation_input_tokens=1)) == 0.00000125
-    assert cost_usd("claude-opus-4-1", Usage(output_tokens=1_000_000)) == 75.0
+    assert cost_usd("claude-3-5-haiku", Usage(cache_read_input_tokens=1)) == Decimal("0.00000008")
+    assert cost_usd("claude-haiku-4-5", Usage(cache_read_input_tokens=1)) == Decimal("0.0000001")
+    assert cost_usd("claude-haiku-4-5", Usage(cache_creation_input_tokens=1)) == Decimal(
+        "0.00000125"
+    )
+    assert cost_usd("claude-opus-4-1", Usage(output_tokens=1_000_000)) == Decimal("75.0")
 
 
 def test_zero_usage_costs_nothing() -> None:
-    assert cost_usd("claude-opus-4-5", Usage()) == 0.0
+    assert cost_usd("claude-opus-4-5", Usage()) == Decimal("0.0")

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from rag.prompt import SYSTEM_PROMPT, TRUNCATION_MARK, build_prompt, render_passage
 from rag.types import Passage
+from rag.writers.prompt import SYSTEM_PROMPT, TRUNCATION_MARK, build_prompt, render_passage
 
 
 def words(text: str) -> int:

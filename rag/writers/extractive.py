@@ -52,9 +52,8 @@ class _Sentence:
 class ExtractiveWriter:
     """Answers with the sentences of the passages that best match the question, cited.
 
-    Free and offline: the default writer when no LLM key is configured, and the fallback
-    while the LLM's circuit breaker is open. It never writes a word of its own beyond the
-    opening line and the citation marks.
+    Free and offline: the default writer when no LLM key is configured. It never writes a
+    word of its own beyond the opening line and the citation marks.
     """
 
     name = EXTRACTIVE_MODEL

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from rag.tokens import resolve_model_path
 
-__all__ = ["Embedder", "decode_vector", "encode_vector", "load_embedder"]
+__all__ = ["Embedder", "decode_vector", "decode_vectors", "encode_vectors", "load_embedder"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,15 @@ def load_embedder(model: str, *, threads: int = 1) -> Embedder:
     return Embedder(model, threads=threads)
 
 
-def encode_vector(vector: Vectors) -> str:
-    """A vector as compact text for JSON and Redis: base64 of little-endian float32."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+def encode_vectors(vectors: Vectors) -> str:
+    """One vector or a matrix of them as compact text for JSON and Redis: base64 of
+    little-endian float32, row after row."""
+    return base64.b64encode(np.asarray(vectors, dtype="<f4").tobytes()).decode()
+
+
+def decode_vectors(text: str, dimension: int) -> Vectors:
+    """The matrix `encode_vectors` wrote, one row per vector."""
+    return decode_vector(text).reshape(-1, dimension)
 
 
 def decode_vector(text: str) -> Vectors:

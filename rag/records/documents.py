@@ -14,14 +14,17 @@ from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.lock import Lock
 
 from rag.keys import (
     corpus_version_key,
     document_key,
+    document_lock_key,
     document_revision_key,
     document_text_key,
     documents_index_key,
 )
+from rag.types import Failure
 
 __all__ = ["DocumentRecord", "DocumentRegistry", "DocumentStatus", "DocumentText"]
 
@@ -41,7 +44,7 @@ class DocumentRecord:
     revision: int
     live_revision: int | None
     chunks: int
-    error: str | None
+    error: Failure | None
     updated_at: float
 
 
@@ -58,7 +61,7 @@ class DocumentText:
 _MARK_INDEXED = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'indexed', 'live_revision', ARGV[1],
-           'chunks', ARGV[2], 'error', '', 'updated_at', ARGV[3])
+           'chunks', ARGV[2], 'error', '', 'error_code', '', 'updated_at', ARGV[3])
 redis.call('INCR', KEYS[2])
 return 1
 """
@@ -74,7 +77,8 @@ return revision
 
 _MARK_FAILED = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[2], 'updated_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[2], 'error_code', ARGV[3],
+           'updated_at', ARGV[4])
 return 1
 """
 
@@ -89,7 +93,11 @@ def _decode(tenant: str, raw: dict[str, str]) -> DocumentRecord:
         revision=int(raw["revision"]),
         live_revision=int(live) if live else None,
         chunks=int(raw.get("chunks", "0")),
-        error=raw.get("error") or None,
+        error=(
+            Failure(raw.get("error_code") or "internal_error", raw["error"])
+            if raw.get("error")
+            else None
+        ),
         updated_at=float(raw.get("updated_at", "0")),
     )
 
@@ -120,6 +128,7 @@ class DocumentRegistry:
                     "status": DocumentStatus.QUEUED.value,
                     "revision": revision,
                     "error": "",
+                    "error_code": "",
                     "updated_at": now,
                 },
             )
@@ -163,12 +172,21 @@ class DocumentRegistry:
             self._redis.delete(document_text_key(tenant, document_id, revision))
         return done
 
-    def mark_failed(self, tenant: str, document_id: str, revision: int, *, error: str) -> bool:
+    def mark_failed(self, tenant: str, document_id: str, revision: int, failure: Failure) -> bool:
+        """Fail `revision` if it is still the newest; an older live revision stays live."""
         return bool(
             self._mark_failed(
-                keys=[document_key(tenant, document_id)], args=[revision, error, time.time()]
+                keys=[document_key(tenant, document_id)],
+                args=[revision, failure.message, failure.code, time.time()],
             )
         )
+
+    def write_lock(self, tenant: str, document_id: str) -> Lock:
+        """Orders writes to one document across threads and, with a Qdrant server, hosts."""
+        lock: Lock = self._redis.lock(
+            document_lock_key(tenant, document_id), timeout=120, blocking_timeout=60
+        )
+        return lock
 
     def delete(self, tenant: str, document_id: str) -> int | None:
         """Forget the document at once; returns the newest revision, to purge its chunks."""

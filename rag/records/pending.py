@@ -15,14 +15,15 @@ import time
 from redis import Redis
 
 from rag.keys import job_key, pending_questions_key
+from rag.records.jobs import FINISHED, lua_is_finished
 
 __all__ = ["PendingQuestions"]
 
 # Attach only to a job that still exists and is not finished.
-_ATTACH = """
+_ATTACH = f"""
 for i, key in ipairs(KEYS) do
   local status = redis.call('HGET', key, 'status')
-  if status and status ~= 'succeeded' and status ~= 'failed' then
+  if status and not ({lua_is_finished("status")}) then
     redis.call('HSET', key, 'query_vector', ARGV[i + 1])
   end
   redis.call('ZREM', ARGV[1], ARGV[i + 1 + #KEYS])
@@ -57,7 +58,7 @@ class PendingQuestions:
         batch: list[tuple[str, str]] = []
         gone: list[str] = []
         for job_id, (question, vector, status) in zip(ids, rows, strict=True):
-            if question is None or status in ("succeeded", "failed"):
+            if question is None or status in FINISHED:
                 gone.append(job_id)
             elif vector is None:
                 batch.append((job_id, question))

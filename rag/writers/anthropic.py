@@ -10,8 +10,9 @@ from types import TracebackType
 import anthropic
 from anthropic.types import TextBlockParam
 
-from rag.prompt import Prompt, build_prompt
 from rag.types import Draft, Passage, Usage
+from rag.writers.base import LLMError, PermanentLLMError, TransientLLMError
+from rag.writers.prompt import Prompt, build_prompt
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -25,36 +26,6 @@ __all__ = [
 # Passed explicitly when none is configured: the SDK would otherwise read ANTHROPIC_BASE_URL
 # itself, and only rag.settings reads the environment.
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-
-
-class LLMError(Exception):
-    """The model call failed; `status` and `error_type` are Anthropic's, when it answered."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, error_type: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-
-
-class TransientLLMError(LLMError):
-    """Worth retrying later: rate limit, overload, server error, timeout, no connection."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        status: int | None = None,
-        error_type: str | None = None,
-    ) -> None:
-        super().__init__(message, status=status, error_type=error_type)
-        self.retry_after = retry_after
-
-
-class PermanentLLMError(LLMError):
-    """Retrying the same request cannot help: bad request, key, permission, model or size."""
 
 
 class AnthropicWriter:

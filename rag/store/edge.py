@@ -9,8 +9,8 @@ What Qdrant Edge does that is easy to get wrong, and how it was checked (2-core 
 - Calls from several threads are nevertheless safe: 3 threads searching and counting through
   an `optimize`, and 4 threads upserting and searching, all with no lock, raised nothing and
   ended with the exact count. But `close()` makes calls still queued fail with "Shard is not
-  initialized". So searches and counts share a read lock, and writes, `optimize` and
-  `close` take it alone: no search sees half a batch or a closed shard.
+  initialized". So every call takes one plain lock: no search sees half a batch or a closed
+  shard. A read-write lock would buy nothing, since the GIL lets only one call run anyway.
 - A query right after `update` sees the new point; neither `flush` nor `optimize` is needed.
 - Durability: the write-ahead log is on by default but `update` does not fsync it (strace:
   no fsync or msync until `flush`). Writes survived `kill -9` (replayed from the log on
@@ -29,8 +29,7 @@ What Qdrant Edge does that is easy to get wrong, and how it was checked (2-core 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,14 +52,8 @@ from qdrant_edge import (
 )
 
 from rag.settings import ConfigurationError
+from rag.store.base import VectorStoreError, canonical_point_id, hit_from_payload, vector_as_floats
 from rag.types import ChunkHit, ChunkPoint
-from rag.vectorstore import (
-    VectorStoreError,
-    canonical_point_id,
-    hit_from_payload,
-    payload_of,
-    vector_as_floats,
-)
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType, PayloadSchemaParams
@@ -68,50 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["EdgeVectorStore"]
 
 _SHARD_FILES = ("edge_config.json", "segments", "wal")
-
-
-class _ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds new readers back so it is not starved.
-
-    The standard library has none, and twenty lines do not justify a dependency.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._changed:
-            while self._writing or self._writers_waiting:
-                self._changed.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._readers -= 1
-                if not self._readers:
-                    self._changed.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._changed:
-            self._writers_waiting += 1
-            try:
-                while self._writing or self._readers:
-                    self._changed.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._writing = False
-                self._changed.notify_all()
 
 
 def _payload_indexes() -> dict[str, PayloadSchemaParams]:
@@ -156,7 +105,7 @@ class EdgeVectorStore:
     def __init__(self, *, path: Path, dimension: int) -> None:
         self._path = path
         self._dimension = dimension
-        self._lock = _ReadWriteLock()
+        self._lock = threading.Lock()
         self._shard: EdgeShard | None = _open_shard(path, dimension)
         try:
             self._ensure_payload_indexes()
@@ -165,7 +114,7 @@ class EdgeVectorStore:
             raise
 
     def _ensure_payload_indexes(self) -> None:
-        with self._lock.writing():
+        with self._lock:
             shard = self._live()
             existing = shard.info().payload_schema
             for field, schema in _payload_indexes().items():
@@ -185,12 +134,12 @@ class EdgeVectorStore:
             Point(
                 canonical_point_id(point.id),
                 vector_as_floats(point.vector, self._dimension),
-                payload_of(point),
+                point.payload.to_json(),
             )
             for point in points
         ]
         operation = UpdateOperation.upsert_points(batch)
-        with self._lock.writing():
+        with self._lock:
             shard = self._live()
             shard.update(operation)
             shard.flush()
@@ -213,7 +162,7 @@ class EdgeVectorStore:
             with_payload=True,
             with_vector=False,
         )
-        with self._lock.reading():
+        with self._lock:
             found = self._live().query(request)
         return [hit_from_payload(hit.id, hit.score, hit.payload) for hit in found]
 
@@ -225,7 +174,7 @@ class EdgeVectorStore:
                 FieldCondition("revision", range=RangeFloat(lte=float(up_to_revision))),
             ]
         )
-        with self._lock.writing():
+        with self._lock:
             shard = self._live()
             shard.update(UpdateOperation.delete_points_by_filter(doomed))
             shard.flush()
@@ -237,7 +186,7 @@ class EdgeVectorStore:
         if document_id is not None:
             conditions.append(_match("document_id", document_id))
         request = CountRequest(exact=True, filter=Filter(must=conditions) if conditions else None)
-        with self._lock.reading():
+        with self._lock:
             return self._live().count(request)
 
     def optimize(self) -> bool:
@@ -245,11 +194,11 @@ class EdgeVectorStore:
 
         Blocks every thread of the process for seconds on large shards (see module notes).
         """
-        with self._lock.writing():
+        with self._lock:
             return self._live().optimize()
 
     def close(self) -> None:
-        with self._lock.writing():
+        with self._lock:
             if self._shard is not None:
                 self._shard.close()
                 self._shard = None

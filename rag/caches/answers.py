@@ -6,12 +6,12 @@ import hashlib
 import json
 import re
 import unicodedata
-from typing import Any
 
 from redis import Redis
 
 from rag.keys import answer_cache_key
 from rag.settings import Settings
+from rag.types import Answer
 
 __all__ = ["AnswerCache", "normalise_question", "pipeline_fingerprint"]
 
@@ -55,9 +55,9 @@ class AnswerCache:
             pipeline_fingerprint(settings, top_k=top_k),
         )
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> Answer | None:
         raw = self._redis.get(key)
-        return json.loads(raw) if raw else None
+        return Answer.from_json(json.loads(raw)) if raw else None
 
-    def put(self, key: str, result: dict[str, Any]) -> None:
-        self._redis.set(key, json.dumps(result), ex=self._ttl_s)
+    def put(self, key: str, answer: Answer) -> None:
+        self._redis.set(key, json.dumps(answer.to_json()), ex=self._ttl_s)

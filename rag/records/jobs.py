@@ -5,15 +5,25 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from redis import Redis
 
 from rag.keys import job_key
+from rag.types import Answer, Failure, Passage, Usage
 
-__all__ = ["JobRecord", "JobStatus", "JobStore", "Stage", "new_job_id"]
+__all__ = [
+    "FINISHED",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "Stage",
+    "lua_is_finished",
+    "new_job_id",
+]
 
 
 class JobStatus(StrEnum):
@@ -21,6 +31,18 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+
+
+def lua_is_finished(variable: str) -> str:
+    """A Lua test that `variable` holds a finished status, for the record's scripts."""
+    return " or ".join(f"{variable} == '{status.value}'" for status in sorted(FINISHED))
 
 
 class Stage(StrEnum):
@@ -39,11 +61,11 @@ _STAGE_ORDER = (Stage.QUEUED, Stage.EMBED, Stage.RETRIEVE, Stage.GENERATE, Stage
 
 # Moves a job forward only: a redelivered task may repeat its own stage, never go back,
 # and nothing changes a finished job. One round trip, atomic.
-_ADVANCE = """
+_ADVANCE = f"""
 local rank = redis.call('HGET', KEYS[1], 'stage_rank')
 if not rank then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' then return 0 end
+if {lua_is_finished("status")} then return 0 end
 if tonumber(ARGV[1]) < tonumber(rank) then return 0 end
 redis.call('HSET', KEYS[1], 'stage_rank', ARGV[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -67,21 +89,17 @@ class JobRecord:
     answer_cache_key: str
     created_at: float
     request_id: str | None = None
-    answer: str | None = None
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    no_context: bool = False
+    answer: Answer | None = None
     cached: str | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    error: dict[str, str] | None = None
+    error: Failure | None = None
     note: str | None = None
     stamps: dict[str, float] = field(default_factory=dict)
     query_vector: str | None = None
-    passages: list[dict[str, Any]] = field(default_factory=list)
+    passages: tuple[Passage, ...] = ()
 
     @property
     def finished(self) -> bool:
-        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return self.status.finished
 
     def timings_ms(self) -> dict[str, float]:
         """Milliseconds spent waiting and in each stage, from the stamps the tasks left."""
@@ -115,17 +133,25 @@ def _decode(raw: dict[str, str]) -> JobRecord:
         answer_cache_key=raw.get("answer_cache_key", ""),
         created_at=float(raw["created_at"]),
         request_id=raw.get("request_id") or None,
-        answer=raw.get("answer"),
-        sources=json.loads(raw.get("sources", "[]")),
-        no_context=raw.get("no_context") == "1",
+        answer=_answer_of(raw),
         cached=raw.get("cached") or None,
-        usage=json.loads(raw.get("usage", "{}")),
-        model=raw.get("model") or None,
-        error=json.loads(raw["error"]) if raw.get("error") else None,
+        error=Failure.from_json(json.loads(raw["error"])) if raw.get("error") else None,
         note=raw.get("note") or None,
         stamps=stamps,
         query_vector=raw.get("query_vector"),
-        passages=json.loads(raw.get("passages", "[]")),
+        passages=tuple(Passage.from_json(p) for p in json.loads(raw.get("passages", "[]"))),
+    )
+
+
+def _answer_of(raw: dict[str, str]) -> Answer | None:
+    if "answer" not in raw:
+        return None
+    return Answer(
+        text=raw["answer"],
+        sources=tuple(Passage.from_json(s) for s in json.loads(raw.get("sources", "[]"))),
+        model=raw.get("model", ""),
+        usage=Usage.from_json(json.loads(raw.get("usage", "{}"))),
+        no_context=raw.get("no_context") == "1",
     )
 
 
@@ -170,7 +196,7 @@ class JobStore:
         tenant: str,
         question: str,
         top_k: int,
-        result: dict[str, Any],
+        answer: Answer,
         request_id: str | None = None,
     ) -> JobRecord:
         """A job answered from the exact cache: born finished, so its id can be polled too."""
@@ -186,9 +212,8 @@ class JobStore:
                 "finished_at": time.time(),
                 "cached": "exact",
                 "request_id": request_id or "",
-                **_result_fields(result),
                 # The cached answer cost nothing this time; the original job paid for it.
-                "usage": json.dumps({"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}),
+                **_answer_fields(replace(answer, usage=Usage())),
             },
         )
 
@@ -232,15 +257,21 @@ class JobStore:
             },
         )
 
-    def finish_stage(self, job_id: str, stage: Stage, **fields: str | int | float) -> bool:
-        return self._move(job_id, stage, {f"{stage}_finished_at": time.time(), **fields})
+    def finish_stage(
+        self, job_id: str, stage: Stage, *, passages: Sequence[Passage] | None = None
+    ) -> bool:
+        """Close `stage`; retrieve hands its passages to generate here."""
+        fields: dict[str, str | int | float] = {f"{stage}_finished_at": time.time()}
+        if passages is not None:
+            fields["passages"] = json.dumps([passage.to_json() for passage in passages])
+        return self._move(job_id, stage, fields)
 
     def note(self, job_id: str, stage: Stage, note: str) -> bool:
         """Say why a job waits (a retry, an outage) without moving it."""
         return self._move(job_id, stage, {"note": note})
 
-    def succeed(self, job_id: str, result: dict[str, Any], *, last_stage: Stage) -> bool:
-        """Finish the job with `result`, closing `last_stage` in the same write."""
+    def succeed(self, job_id: str, answer: Answer, *, last_stage: Stage) -> bool:
+        """Finish the job with `answer`, closing `last_stage` in the same write."""
         now = time.time()
         fields: dict[str, str | int | float] = {
             "status": JobStatus.SUCCEEDED.value,
@@ -248,16 +279,16 @@ class JobStore:
             f"{last_stage}_finished_at": now,
             "finished_at": now,
             "note": "",
-            **_result_fields(result),
+            **_answer_fields(answer),
         }
         return self._move(job_id, Stage.DONE, fields)
 
-    def fail(self, job_id: str, *, code: str, message: str) -> bool:
+    def fail(self, job_id: str, failure: Failure) -> bool:
         fields: dict[str, str | int | float] = {
             "status": JobStatus.FAILED.value,
             "stage": Stage.DONE.value,
             "finished_at": time.time(),
-            "error": json.dumps({"code": code, "message": message}),
+            "error": json.dumps(failure.to_json()),
         }
         return self._move(job_id, Stage.DONE, fields)
 
@@ -268,13 +299,11 @@ class JobStore:
         return bool(self._advance(keys=[job_key(job_id)], args=args))
 
 
-def _result_fields(result: dict[str, Any]) -> dict[str, str | int | float]:
-    fields: dict[str, str | int | float] = {
-        "answer": str(result["answer"]),
-        "sources": json.dumps(result.get("sources", [])),
-        "no_context": "1" if result.get("no_context") else "0",
-        "model": str(result.get("model") or ""),
+def _answer_fields(answer: Answer) -> dict[str, str | int | float]:
+    return {
+        "answer": answer.text,
+        "sources": json.dumps([source.to_json() for source in answer.sources]),
+        "no_context": "1" if answer.no_context else "0",
+        "model": answer.model,
+        "usage": json.dumps(answer.usage.to_json()),
     }
-    if "usage" in result:
-        fields["usage"] = json.dumps(result["usage"])
-    return fields

@@ -75,7 +75,7 @@ def price_for(model: str) -> ModelPrice | None:
     return None
 
 
-def cost_usd(model: str, usage: Usage) -> float | None:
+def cost_usd(model: str, usage: Usage) -> Decimal | None:
     """Dollars for one call, rounded to 8 decimals; None when the model has no known price."""
     price = price_for(model)
     if price is None:
@@ -86,4 +86,4 @@ def cost_usd(model: str, usage: Usage) -> float | None:
         + usage.cache_creation_input_tokens * price.cache_write
         + usage.cache_read_input_tokens * price.cache_read
     ) / _PER_MILLION
-    return float(total.quantize(_EIGHT_DECIMALS, rounding=ROUND_HALF_EVEN))
+    return total.quantize(_EIGHT_DECIMALS, rounding=ROUND_HALF_EVEN)

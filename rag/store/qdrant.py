@@ -15,14 +15,8 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from rag.settings import ConfigurationError
+from rag.store.base import VectorStoreError, canonical_point_id, hit_from_payload, vector_as_floats
 from rag.types import ChunkHit, ChunkPoint
-from rag.vectorstore import (
-    VectorStoreError,
-    canonical_point_id,
-    hit_from_payload,
-    payload_of,
-    vector_as_floats,
-)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "QdrantVectorStore"]
 
@@ -133,7 +127,7 @@ class QdrantVectorStore:
             models.PointStruct(
                 id=canonical_point_id(point.id),
                 vector=vector_as_floats(point.vector, self._dimension),
-                payload=payload_of(point),
+                payload=point.payload.to_json(),
             )
             for point in points
         ]

@@ -1,0 +1,71 @@
+"""Liveness, readiness and status.
+
+`/readyz` checks only what this API process needs to serve (Redis and the broker), so that
+one pool being down never takes every API replica out of a load balancer. The pools and the
+vector store are reported by `GET /v1/status`, which `scribes status` reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api_shim.deps import AppDeps, Deps, Tenant
+from api_shim.errors import error_body
+from tasks.pipeline import broker_answers
+from workers.pools import POOLS
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _serving_checks(deps: Deps) -> dict[str, bool]:
+    checks = {"redis": False, "broker": False}
+    try:
+        checks["redis"] = bool(deps.services.redis.ping())
+    except redis.RedisError:
+        return checks
+    settings = deps.settings
+    # With Redis as the broker, the ping above was the broker's check too.
+    checks["broker"] = settings.broker_url == settings.redis_url or broker_answers()
+    return checks
+
+
+def _verdict(checks: dict[str, bool], ok: str) -> JSONResponse:
+    if all(checks.values()):
+        return JSONResponse({"status": ok, "checks": checks})
+    missing = ", ".join(name for name, up in checks.items() if not up)
+    return JSONResponse(
+        {**error_body("not_ready", f"not ready: {missing}"), "checks": checks}, status_code=503
+    )
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(deps: AppDeps) -> JSONResponse:
+    return _verdict(_serving_checks(deps), "ready")
+
+
+@router.get("/v1/status")
+def status(_: Tenant, deps: AppDeps) -> dict[str, Any]:
+    """Every part of the system: Redis, the broker, each pool's live processes, the store."""
+    checks: dict[str, bool] = _serving_checks(deps)
+    processes: dict[str, int] = {}
+    if checks["redis"]:
+        heartbeats = deps.services.heartbeats
+        processes = heartbeats.alive(POOLS)
+        checks.update({f"pool:{name}": count > 0 for name, count in processes.items()})
+        checks["vector_store"] = heartbeats.store_answers()
+    return {
+        "status": "ok" if all(checks.values()) else "degraded",
+        "checks": checks,
+        "pools": {name: {"processes": processes.get(name, 0)} for name in POOLS},
+    }

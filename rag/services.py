@@ -1,0 +1,119 @@
+"""The long-lived objects of one process, built from the settings on first use and kept.
+
+Workers and the API build their Redis-backed records, stores and models here, so that each
+is made one way. Celery forks pool children after importing this module, so nothing is
+created at import.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property, lru_cache
+
+from redis import Redis
+
+from rag.caches.answers import AnswerCache
+from rag.embedding import Embedder, load_embedder
+from rag.records.documents import DocumentRegistry
+from rag.records.heartbeats import Heartbeats
+from rag.records.jobs import JobStore
+from rag.records.pending import PendingQuestions
+from rag.records.staging import ChunkStaging
+from rag.settings import ConfigurationError, Settings, get_settings
+from rag.store import VectorStore, open_vector_store
+from rag.tokens import TokenCounter, load_token_counter
+from rag.writers import AnswerWriter, build_writer
+
+__all__ = ["Services", "process_services"]
+
+
+class Services:
+    """What a process needs, each made once; `close` releases the vector store."""
+
+    def __init__(self, settings: Settings, *, redis_timeout_s: float = 10) -> None:
+        self.settings = settings
+        self._redis_timeout_s = redis_timeout_s
+        self._store_lock = threading.Lock()
+        self._store: VectorStore | None = None
+
+    @cached_property
+    def redis(self) -> Redis:
+        # redis-py pools notice a fork and reconnect, so one client per process is safe.
+        return Redis.from_url(
+            self.settings.redis_url,
+            decode_responses=True,
+            socket_timeout=self._redis_timeout_s,
+            socket_connect_timeout=min(5.0, self._redis_timeout_s),
+            health_check_interval=30,
+        )
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.redis, ttl_s=self.settings.job_ttl_s)
+
+    @cached_property
+    def documents(self) -> DocumentRegistry:
+        return DocumentRegistry(self.redis)
+
+    @cached_property
+    def answers(self) -> AnswerCache:
+        return AnswerCache(self.redis, ttl_s=self.settings.answer_cache_ttl_s)
+
+    @cached_property
+    def pending(self) -> PendingQuestions:
+        return PendingQuestions(self.redis, max_age_s=self.settings.job_deadline_s)
+
+    @cached_property
+    def staging(self) -> ChunkStaging:
+        return ChunkStaging(self.redis)
+
+    @cached_property
+    def heartbeats(self) -> Heartbeats:
+        return Heartbeats(self.redis)
+
+    def token_counter(self) -> TokenCounter:
+        return load_token_counter(self.settings.embedding_model)
+
+    def embedder(self) -> Embedder:
+        settings = self.settings
+        model = load_embedder(settings.embedding_model, threads=settings.embedding_threads)
+        if model.dimension != settings.embedding_dimension:
+            raise ConfigurationError(
+                f"{model.model_name} makes {model.dimension}-d vectors but "
+                f"SCRIBES_EMBEDDING_DIMENSION is {settings.embedding_dimension}; set it to match"
+            )
+        return model
+
+    @cached_property
+    def writer(self) -> AnswerWriter:
+        return build_writer(self.settings, self.token_counter())
+
+    def vector_store(self) -> VectorStore:
+        """The process's one handle on the store; the embedded engine allows one owner."""
+        with self._store_lock:
+            if self._store is None:
+                settings = self.settings
+                self._store = open_vector_store(
+                    url=settings.qdrant_url,
+                    api_key=(
+                        settings.qdrant_api_key.get_secret_value()
+                        if settings.qdrant_api_key
+                        else None
+                    ),
+                    path=settings.vector_store_dir,
+                    collection=settings.qdrant_collection,
+                    dimension=settings.embedding_dimension,
+                )
+            return self._store
+
+    def close(self) -> None:
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+@lru_cache(maxsize=1)
+def process_services() -> Services:
+    """This process's services, from its settings."""
+    return Services(get_settings())
