@@ -60,9 +60,10 @@ class DocumentText:
 # key carries, so no cached answer outlives the corpus it was computed from.
 _MARK_INDEXED = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
+-- First, so that an error here (a corrupt counter) changes nothing: scripts do not roll back.
+redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'indexed', 'live_revision', ARGV[1],
            'chunks', ARGV[2], 'error', '', 'error_code', '', 'updated_at', ARGV[3])
-redis.call('INCR', KEYS[2])
 return 1
 """
 

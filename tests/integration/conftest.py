@@ -10,6 +10,8 @@ from tests.fake_anthropic import FakeAnthropic
 
 ALICE_KEY = "key-alice-0123456789"
 BOB_KEY = "key-bob-9876543210"
+# A tenant of its own for tests that break that tenant's records on purpose.
+CAROL_KEY = "key-carol-5555555555"
 LLM_KEY = "sk-test-scribes"
 # Short, so a task lost with its worker is handed back within seconds; every task in
 # these tests finishes far sooner than this.
@@ -26,7 +28,7 @@ def fake_llm() -> Iterator[FakeAnthropic]:
 def cluster(session_dir: Path, redis_url: str, fake_llm: FakeAnthropic) -> Iterator[Cluster]:
     """All four pools, the API, the real Anthropic SDK pointed at the loopback server."""
     env = {
-        "SCRIBES_API_KEYS": f"{ALICE_KEY}=alice,{BOB_KEY}=bob",
+        "SCRIBES_API_KEYS": f"{ALICE_KEY}=alice,{BOB_KEY}=bob,{CAROL_KEY}=carol",
         "ANTHROPIC_API_KEY": LLM_KEY,
         "ANTHROPIC_BASE_URL": fake_llm.base_url,
         "SCRIBES_LLM_MODEL": "claude-sonnet-4-6",

@@ -153,3 +153,55 @@ def test_redis_down_is_a_503_that_says_what_to_do() -> None:
         "message": f"Redis at {url} is not reachable; start it or set REDIS_URL",
     }
     assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
+
+
+def test_an_unexpected_fault_is_a_json_500_and_the_traceback_is_logged(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from api_shim.app import create_app
+    from rag.settings import Settings
+
+    app = create_app(Settings(REDIS_URL=redis_url))
+
+    @app.get("/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug of ours")
+
+    with TestClient(app, raise_server_exceptions=False) as http:
+        response = http.get("/v1/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "a bug of ours" not in response.text  # internals stay in the log
+    logged = [r for r in caplog.records if r.name == "scribes.api" and r.exc_info]
+    assert logged and "RuntimeError" in logged[0].getMessage()
+
+
+def test_readiness_is_the_apis_own_and_status_reports_every_pool(redis_url: str) -> None:
+    """No worker runs here: the API is still ready to serve, and status says what is down."""
+    from fastapi.testclient import TestClient
+
+    from api_shim.app import create_app
+    from rag.records.heartbeats import Heartbeats
+    from rag.settings import Settings
+
+    url = redis_url.rsplit("/", 1)[0] + "/11"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    with TestClient(create_app(Settings(REDIS_URL=url))) as http:
+        ready = http.get("/readyz")
+        down = http.get("/v1/status").json()
+        Heartbeats(client).beat("embed", "embed@host-a")
+        Heartbeats(client).beat("embed", "embed@host-b")
+        one_up = http.get("/v1/status").json()
+    client.flushdb()
+
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"redis": True, "broker": True}}
+    assert down["status"] == "degraded"
+    assert down["checks"]["redis"] and not down["checks"]["pool:embed"]
+    assert not down["checks"]["vector_store"]
+    assert one_up["checks"]["pool:embed"] and not one_up["checks"]["pool:generate"]
+    assert one_up["pools"]["embed"] == {"processes": 2}

@@ -1,0 +1,137 @@
+"""What every task gets from its base, seen through a real worker on a real Redis broker:
+queue wait and run time, ids on its log lines, and a final failure written where the user
+looks. The worker is Celery's in-process test worker, consuming the same queues as the pools.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from redis import Redis
+
+from rag.records.documents import DocumentStatus
+from rag.records.jobs import JobStatus, new_job_id
+from rag.services import Services, process_services
+from rag.settings import get_settings
+from tasks.app import app
+from tasks.base import TaskTiming, observe_timings
+from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER
+from tasks.index import index_document
+from tasks.retrieve import retrieve_context
+from tasks.store import store_purge
+
+TENANT = "base-tenant"
+
+
+@pytest.fixture(scope="module")
+def services(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    url = redis_url.rsplit("/", 1)[0] + "/12"
+    Redis.from_url(url).flushdb()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REDIS_URL", url)
+        env.setenv("SCRIBES_DATA_DIR", str(tmp_path_factory.mktemp("base")))
+        get_settings.cache_clear()
+        process_services.cache_clear()
+        before = {"broker_url": app.conf.broker_url, "result_backend": app.conf.result_backend}
+        app.conf.update(broker_url=url, result_backend=url)
+        try:
+            yield process_services()
+        finally:
+            process_services().close()
+            app.conf.update(before)
+            get_settings.cache_clear()
+            process_services.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def timings(services: Services) -> Iterator[list[TaskTiming]]:
+    seen: list[TaskTiming] = []
+    observe_timings(seen.append)
+    with start_worker(
+        app,
+        pool="solo",
+        queues=["retrieve", "index"],
+        perform_ping_check=False,
+        shutdown_timeout=30,
+        loglevel="WARNING",
+    ):
+        yield seen
+
+
+def wait_for(timings: list[TaskTiming], task: str, count: int = 1) -> list[TaskTiming]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = [t for t in timings if t.task == task]
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{task} did not run: {timings}")
+
+
+def test_a_task_reports_its_queue_wait_and_run_time(
+    timings: list[TaskTiming], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tasks.base")
+    store_purge.apply_async(kwargs={"tenant": TENANT, "document_id": "d1", "up_to_revision": 1})
+    [timing] = wait_for(timings, "scribes.store.purge")
+    assert timing.outcome == "succeeded" and timing.queue == "retrieve"
+    assert timing.wait_s is not None and 0 <= timing.wait_s < 10
+    assert timing.run_s > 0
+    # Its log line names what it worked on.
+    lines = [r for r in caplog.records if r.getMessage().startswith("scribes.store.purge")]
+    assert lines and getattr(lines[0], "scribes_ids", None) == f" tenant={TENANT} document=d1"
+
+
+def test_a_countdown_is_not_counted_as_queue_wait(timings: list[TaskTiming]) -> None:
+    sent = time.time()
+    store_purge.apply_async(
+        kwargs={"tenant": TENANT, "document_id": "d2", "up_to_revision": 1}, countdown=1.5
+    )
+    [*_, timing] = wait_for(timings, "scribes.store.purge", count=2)
+    assert time.time() - sent >= 1.5
+    assert timing.wait_s is not None and timing.wait_s < 1.0
+
+
+def test_a_question_task_that_gives_up_fails_its_job_with_a_reason(
+    services: Services, timings: list[TaskTiming], caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = new_job_id()
+    services.jobs.create(
+        job_id=job_id, tenant=TENANT, question="q?", top_k=3, corpus_version=0, answer_cache_key="k"
+    )
+    # A vector that is not base64: the retrieve task cannot go on, and must not hang.
+    services.redis.hset(f"scribes:job:{job_id}", "query_vector", "%%%")
+    retrieve_context.apply_async(
+        kwargs={"job_id": job_id}, headers={TENANT_HEADER: TENANT, REQUEST_ID_HEADER: "req-7"}
+    )
+    [timing] = wait_for(timings, "scribes.retrieve.context")
+    job = services.jobs.get(job_id)
+    assert timing.outcome == "failed"
+    assert job is not None and job.status is JobStatus.FAILED and job.error is not None
+    assert job.error.code == "internal_error" and "Error" in job.error.message
+    warned = [r for r in caplog.records if r.getMessage().startswith("job failed in")]
+    ids = getattr(warned[0], "scribes_ids", None) if warned else None
+    assert ids == f" job={job_id} tenant={TENANT} request=req-7"
+
+
+def test_an_index_task_that_gives_up_fails_its_document(
+    services: Services, timings: list[TaskTiming], tmp_path: Path
+) -> None:
+    record = services.documents.submit(
+        tenant=TENANT, document_id="broken", title="Broken", text="words", metadata={}
+    )
+    services.redis.set(f"scribes:doctext:{TENANT}:broken:{record.revision}", "{not json")
+    index_document.apply_async(
+        kwargs={"tenant": TENANT, "document_id": "broken", "revision": record.revision}
+    )
+    [timing] = wait_for(timings, "scribes.index.document")
+    failed = services.documents.get(TENANT, "broken")
+    assert timing.outcome == "failed"
+    assert failed is not None and failed.status is DocumentStatus.FAILED
+    assert failed.error is not None and failed.error.code == "internal_error"
+    assert "JSONDecodeError" in failed.error.message

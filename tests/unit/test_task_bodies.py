@@ -1,0 +1,283 @@
+"""Each task's body called directly, outside any worker: a real Redis, a real Qdrant Edge
+shard in a temporary folder, the real embedding model, the real writers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from rag.caches.answers import AnswerCache
+from rag.embedding import Embedder, encode_vectors, load_embedder
+from rag.records.documents import DocumentRegistry, DocumentStatus
+from rag.records.jobs import JobStatus, JobStore, Stage, new_job_id
+from rag.records.pending import PendingQuestions
+from rag.records.staging import ChunkStaging
+from rag.settings import Settings
+from rag.store import VectorStore, open_vector_store
+from rag.tokens import TokenCounter, load_token_counter
+from rag.types import Failure
+from rag.writers.anthropic import AnthropicWriter
+from rag.writers.base import TransientLLMError
+from rag.writers.extractive import ExtractiveWriter
+from tasks.embed import embed_question
+from tasks.generate import write_answer
+from tasks.index import stage_revision
+from tasks.retrieve import Retrieved, find_passages
+from tasks.store import apply_staged, purge_revisions
+from tests.fake_anthropic import FakeAnthropic
+
+TENANT = "t1"
+MANNA = (
+    "Pastor Ruth preached on Exodus 16. Manna fell every morning except the Sabbath, and "
+    "what was kept overnight bred worms. Her point: daily bread cannot be hoarded."
+)
+SETTINGS = Settings()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url.rsplit("/", 1)[0] + "/14", decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return load_embedder(SETTINGS.embedding_model)
+
+
+@pytest.fixture(scope="module")
+def counter() -> TokenCounter:
+    return load_token_counter(SETTINGS.embedding_model)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[VectorStore]:
+    opened = open_vector_store(
+        url=None, api_key=None, path=tmp_path / "edge", collection="c", dimension=384
+    )
+    yield opened
+    opened.close()
+
+
+def index(
+    redis: Redis,
+    store: VectorStore,
+    embedder: Embedder,
+    counter: TokenCounter,
+    document_id: str,
+    text: str,
+) -> int:
+    """A document through both index bodies, as the index and retrieve pools run them."""
+    documents, staging = DocumentRegistry(redis), ChunkStaging(redis)
+    record = documents.submit(
+        tenant=TENANT, document_id=document_id, title="Manna", text=text, metadata={}
+    )
+    assert stage_revision(
+        TENANT,
+        document_id,
+        record.revision,
+        documents=documents,
+        staging=staging,
+        embedder=embedder,
+        counter=counter,
+        chunk_tokens=SETTINGS.chunk_tokens,
+        overlap_tokens=SETTINGS.chunk_overlap_tokens,
+        batch_size=8,
+    )
+    chunks = apply_staged(
+        TENANT, document_id, record.revision, documents=documents, staging=staging, store=store
+    )
+    assert chunks is not None
+    return record.revision
+
+
+def new_job(redis: Redis, question: str) -> str:
+    job_id = new_job_id()
+    JobStore(redis, ttl_s=600).create(
+        job_id=job_id,
+        tenant=TENANT,
+        question=question,
+        top_k=3,
+        corpus_version=0,
+        answer_cache_key=f"scribes:answer:{TENANT}:{job_id}",
+    )
+    PendingQuestions(redis, max_age_s=600).add(job_id)
+    return job_id
+
+
+def embedded(redis: Redis, embedder: Embedder, job_id: str) -> None:
+    assert embed_question(
+        job_id,
+        jobs=JobStore(redis, ttl_s=600),
+        pending=PendingQuestions(redis, max_age_s=600),
+        embedder=embedder,
+        batch_size=32,
+    )
+
+
+def retrieved(redis: Redis, store: VectorStore, job_id: str) -> Retrieved:
+    return find_passages(
+        job_id,
+        jobs=JobStore(redis, ttl_s=600),
+        store=store,
+        documents=DocumentRegistry(redis),
+        answers=AnswerCache(redis, ttl_s=600),
+        score_threshold=SETTINGS.score_threshold,
+    )
+
+
+def test_embed_gives_every_waiting_question_its_vector_in_one_batch(
+    redis: Redis, embedder: Embedder
+) -> None:
+    jobs = JobStore(redis, ttl_s=600)
+    first, second = new_job(redis, "What fell every morning?"), new_job(redis, "Who preached?")
+    embedded(redis, embedder, first)
+
+    one, other = jobs.get(first), jobs.get(second)
+    assert one is not None and other is not None
+    assert one.stage is Stage.EMBED and other.stage is Stage.QUEUED
+    # The second question was embedded in the first one's batch, with the same vector its
+    # own embedding gives.
+    assert other.query_vector == encode_vectors(embedder.embed(["Who preached?"])[0])
+    assert one.query_vector == encode_vectors(embedder.embed(["What fell every morning?"])[0])
+
+
+def test_embed_skips_a_finished_job(redis: Redis, embedder: Embedder) -> None:
+    jobs = JobStore(redis, ttl_s=600)
+    job_id = new_job(redis, "Anything?")
+    jobs.fail(job_id, Failure("deadline_exceeded", "too late"))
+    assert not embed_question(
+        job_id,
+        jobs=jobs,
+        pending=PendingQuestions(redis, max_age_s=600),
+        embedder=embedder,
+        batch_size=32,
+    )
+
+
+def test_the_index_bodies_stage_then_write_and_repeat_harmlessly(
+    redis: Redis, store: VectorStore, embedder: Embedder, counter: TokenCounter
+) -> None:
+    revision = index(redis, store, embedder, counter, "manna", MANNA)
+    documents = DocumentRegistry(redis)
+    record = documents.get(TENANT, "manna")
+    assert record is not None and record.status is DocumentStatus.INDEXED
+    assert record.live_revision == revision and record.chunks == store.count(tenant=TENANT) == 1
+    # A second delivery of the store write finds nothing staged and changes nothing.
+    again = apply_staged(
+        TENANT, "manna", revision, documents=documents, staging=ChunkStaging(redis), store=store
+    )
+    assert again is None and store.count() == 1
+
+
+def test_an_expired_text_fails_the_document_with_a_code(
+    redis: Redis, embedder: Embedder, counter: TokenCounter
+) -> None:
+    documents = DocumentRegistry(redis)
+    record = documents.submit(tenant=TENANT, document_id="gone", title="T", text="x", metadata={})
+    redis.delete(f"scribes:doctext:{TENANT}:gone:{record.revision}")
+    staged = stage_revision(
+        TENANT,
+        "gone",
+        record.revision,
+        documents=documents,
+        staging=ChunkStaging(redis),
+        embedder=embedder,
+        counter=counter,
+        chunk_tokens=200,
+        overlap_tokens=40,
+        batch_size=8,
+    )
+    failed = documents.get(TENANT, "gone")
+    assert not staged and failed is not None and failed.status is DocumentStatus.FAILED
+    assert failed.error is not None and failed.error.code == "text_expired"
+
+
+def test_retrieve_hands_passages_on_or_answers_no_context(
+    redis: Redis, store: VectorStore, embedder: Embedder, counter: TokenCounter
+) -> None:
+    index(redis, store, embedder, counter, "manna", MANNA)
+    jobs = JobStore(redis, ttl_s=600)
+
+    relevant = new_job(redis, "What happened to manna kept overnight?")
+    embedded(redis, embedder, relevant)
+    assert retrieved(redis, store, relevant) is Retrieved.PASSAGES
+    job = jobs.get(relevant)
+    assert job is not None and job.status is JobStatus.RUNNING
+    assert [p.document_id for p in job.passages][:1] == ["manna"]
+
+    unrelated = new_job(redis, "What is the boiling point of tungsten?")
+    embedded(redis, embedder, unrelated)
+    assert retrieved(redis, store, unrelated) is Retrieved.NO_CONTEXT
+    done = jobs.get(unrelated)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    assert done.answer is not None and done.answer.no_context
+    # The answer is cached, and a redelivery of the finished job is skipped.
+    assert AnswerCache(redis, ttl_s=60).get(done.answer_cache_key) == done.answer
+    assert retrieved(redis, store, unrelated) is Retrieved.SKIPPED
+
+
+def test_generate_writes_caches_and_prices_the_answer(
+    redis: Redis, store: VectorStore, embedder: Embedder, counter: TokenCounter
+) -> None:
+    index(redis, store, embedder, counter, "manna", MANNA)
+    job_id = new_job(redis, "What happened to manna kept overnight?")
+    embedded(redis, embedder, job_id)
+    assert retrieved(redis, store, job_id) is Retrieved.PASSAGES
+    jobs, answers = JobStore(redis, ttl_s=600), AnswerCache(redis, ttl_s=600)
+
+    assert write_answer(job_id, jobs=jobs, writer=ExtractiveWriter(), answers=answers)
+
+    job = jobs.get(job_id)
+    assert job is not None and job.status is JobStatus.SUCCEEDED and job.answer is not None
+    assert "worms" in job.answer.text and job.answer.sources[0].document_id == "manna"
+    assert job.answer.model == "extractive" and job.answer.usage.cost_usd == 0
+    assert answers.get(job.answer_cache_key) == job.answer
+    assert not write_answer(job_id, jobs=jobs, writer=ExtractiveWriter(), answers=answers)
+
+
+def test_generate_leaves_a_job_running_when_the_model_is_unavailable(
+    redis: Redis, store: VectorStore, embedder: Embedder, counter: TokenCounter
+) -> None:
+    index(redis, store, embedder, counter, "manna", MANNA)
+    job_id = new_job(redis, "What happened to manna kept overnight?")
+    embedded(redis, embedder, job_id)
+    retrieved(redis, store, job_id)
+    jobs = JobStore(redis, ttl_s=600)
+    with (
+        FakeAnthropic(api_key="k") as fake,
+        AnthropicWriter(
+            api_key="k",
+            model="claude-sonnet-4-6",
+            base_url=fake.base_url,
+            timeout_s=5,
+            max_output_tokens=100,
+            context_max_tokens=1000,
+            count_tokens=counter.count,
+        ) as writer,
+    ):
+        fake.fail_next(529)
+        with pytest.raises(TransientLLMError):
+            write_answer(job_id, jobs=jobs, writer=writer, answers=AnswerCache(redis, ttl_s=60))
+        job = jobs.get(job_id)
+        assert job is not None and job.status is JobStatus.RUNNING  # for the retry to finish
+        assert write_answer(job_id, jobs=jobs, writer=writer, answers=AnswerCache(redis, ttl_s=60))
+    finished = jobs.get(job_id)
+    assert finished is not None and finished.answer is not None
+    usage = finished.answer.usage
+    assert usage.input_tokens > 0 and usage.cost_usd is not None and usage.cost_usd > 0
+
+
+def test_purge_removes_the_documents_chunks(
+    redis: Redis, store: VectorStore, embedder: Embedder, counter: TokenCounter
+) -> None:
+    revision = index(redis, store, embedder, counter, "manna", MANNA)
+    index(redis, store, embedder, counter, "other", "Another note about bread and Sabbath rest.")
+    purge_revisions(TENANT, "manna", revision, documents=DocumentRegistry(redis), store=store)
+    assert store.count(tenant=TENANT, document_id="manna") == 0
+    assert store.count(tenant=TENANT, document_id="other") == 1
