@@ -78,7 +78,9 @@ class ScribesTask(Task):  # type: ignore[misc]
         outcome = "failed"
         with bound_ids(self._ids(kwargs)):
             try:
-                result = super().__call__(*args, **kwargs)
+                # run(), not super().__call__(): that would push a fresh request and hide
+                # the delivery's own (its retries, chain and headers) from the task.
+                result = self.run(*args, **kwargs)
                 outcome = "succeeded"
                 return result
             except Retry:

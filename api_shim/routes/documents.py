@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import redis
@@ -17,6 +18,8 @@ from rag.validation import validate_document
 from tasks.pipeline import enqueue_document, enqueue_purge
 
 __all__ = ["router"]
+
+log = logging.getLogger("scribes.api")
 
 router = APIRouter(prefix="/v1/documents")
 
@@ -86,6 +89,11 @@ def delete_document(document_id: str, tenant: Tenant, deps: AppDeps) -> dict[str
     revision = deps.services.documents.delete(tenant, document_id)
     if revision is None:
         raise ApiError(404, "not_found", f"no document {document_id}")
-    # Already invisible to every search; the purge reclaims the space.
-    enqueue_purge(tenant=tenant, document_id=document_id, up_to_revision=revision)
+    # Already invisible to every search; the purge only reclaims the space, so a broker
+    # that is down does not undo the delete: the chunks stay, unseen, until a re-ingest of
+    # the same id replaces them.
+    try:
+        enqueue_purge(tenant=tenant, document_id=document_id, up_to_revision=revision)
+    except Exception:
+        log.warning("purge of %s/%s not queued; its chunks stay, unseen", tenant, document_id)
     return {"id": document_id, "status": "deleted"}

@@ -174,20 +174,22 @@ class JobStore:
         answer_cache_key: str,
         request_id: str | None = None,
     ) -> JobRecord:
-        return self._write(
-            job_id,
-            tenant,
-            question,
-            top_k,
-            {
-                "status": JobStatus.QUEUED.value,
-                "stage": Stage.QUEUED.value,
-                "stage_rank": Stage.QUEUED.rank,
-                "corpus_version": corpus_version,
-                "answer_cache_key": answer_cache_key,
-                "request_id": request_id or "",
-            },
+        record = JobRecord(
+            id=job_id,
+            tenant=tenant,
+            question=question,
+            top_k=top_k,
+            status=JobStatus.QUEUED,
+            stage=Stage.QUEUED,
+            corpus_version=corpus_version,
+            answer_cache_key=answer_cache_key,
+            created_at=time.time(),
+            request_id=request_id,
         )
+        self._write(
+            record, {"corpus_version": corpus_version, "answer_cache_key": answer_cache_key}
+        )
+        return record
 
     def create_finished(
         self,
@@ -200,46 +202,48 @@ class JobStore:
         request_id: str | None = None,
     ) -> JobRecord:
         """A job answered from the exact cache: born finished, so its id can be polled too."""
-        return self._write(
-            job_id,
-            tenant,
-            question,
-            top_k,
-            {
-                "status": JobStatus.SUCCEEDED.value,
-                "stage": Stage.DONE.value,
-                "stage_rank": Stage.DONE.rank,
-                "finished_at": time.time(),
-                "cached": "exact",
-                "request_id": request_id or "",
-                # The cached answer cost nothing this time; the original job paid for it.
-                **_answer_fields(replace(answer, usage=Usage())),
-            },
+        now = time.time()
+        record = JobRecord(
+            id=job_id,
+            tenant=tenant,
+            question=question,
+            top_k=top_k,
+            status=JobStatus.SUCCEEDED,
+            stage=Stage.DONE,
+            corpus_version=0,
+            answer_cache_key="",
+            created_at=now,
+            request_id=request_id,
+            # The cached answer cost nothing this time; the original job paid for it.
+            answer=replace(answer, usage=Usage()),
+            cached="exact",
+            stamps={"finished_at": now},
         )
+        assert record.answer is not None
+        self._write(
+            record, {"finished_at": now, "cached": "exact", **_answer_fields(record.answer)}
+        )
+        return record
 
-    def _write(
-        self,
-        job_id: str,
-        tenant: str,
-        question: str,
-        top_k: int,
-        fields: dict[str, str | int | float],
-    ) -> JobRecord:
+    def _write(self, record: JobRecord, fields: dict[str, str | int | float]) -> None:
+        """A new record; the id is new, so there is nothing to read back."""
         mapping: dict[Any, str | int | float] = {
-            "id": job_id,
-            "tenant": tenant,
-            "question": question,
-            "top_k": top_k,
-            "created_at": time.time(),
+            "id": record.id,
+            "tenant": record.tenant,
+            "question": record.question,
+            "top_k": record.top_k,
+            "created_at": record.created_at,
+            "status": record.status.value,
+            "stage": record.stage.value,
+            "stage_rank": record.stage.rank,
+            "request_id": record.request_id or "",
             **fields,
         }
-        key = job_key(job_id)
+        key = job_key(record.id)
         with self._redis.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self._ttl_s)
-            pipe.hgetall(key)
-            raw: dict[str, str] = pipe.execute()[-1]
-        return _decode(raw)
+            pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
         raw: dict[str, str] = self._redis.hgetall(job_key(job_id))  # type: ignore[assignment]

@@ -13,7 +13,7 @@ from rag.types import Usage
 from rag.writers.pricing import cost_usd
 from tests.cluster import Cluster
 from tests.fake_anthropic import FakeAnthropic
-from tests.integration.conftest import ALICE_KEY, BOB_KEY
+from tests.integration.conftest import ALICE_KEY, BOB_KEY, LLM_MAX_RETRIES
 
 MUSTARD = (
     "Pastor Miriam Achebe preached on the mustard seed in Matthew 13. She brought a glass jar "
@@ -226,6 +226,19 @@ def test_transient_llm_errors_are_retried_with_backoff(
     assert job["status"] == "succeeded", job
     attempts = fake_llm.calls[calls:]
     assert [call.status for call in attempts] == [429, 529, 200]
+
+
+def test_a_job_fails_once_transient_errors_outlast_its_retries(
+    cluster: Cluster, fake_llm: FakeAnthropic
+) -> None:
+    with cluster.client(ALICE_KEY) as alice:
+        ingest(alice, unique("mustard"), "Mustard seed", MUSTARD)
+        calls = len(fake_llm.calls)
+        fake_llm.fail_next(529, times=LLM_MAX_RETRIES + 1)
+        _, job = ask(alice, "What did the mustard seed sermon say about small beginnings?")
+
+    assert job["status"] == "failed" and job["error"]["code"] == "llm_unavailable", job
+    assert [call.status for call in fake_llm.calls[calls:]] == [529] * (LLM_MAX_RETRIES + 1)
 
 
 def test_permanent_llm_error_fails_the_job_with_a_reason(
