@@ -9,6 +9,7 @@ __all__ = [
     "DOCUMENT_ID_PATTERN",
     "TENANT_PATTERN",
     "answer_cache_key",
+    "answer_cache_prefix",
     "corpus_version_key",
     "document_key",
     "document_lock_key",
@@ -60,13 +61,21 @@ def corpus_version_key(tenant: str) -> str:
     return f"{_PREFIX}:corpus:{tenant}"
 
 
+def answer_cache_prefix(tenant: str) -> str:
+    return f"{_PREFIX}:answer:{tenant}:"
+
+
 def answer_cache_key(
     tenant: str, normalised_question: str, corpus_version: int, pipeline_fingerprint: str
 ) -> str:
-    digest = hashlib.sha256(
+    """The exact-cache key; `rag.caches.answers` computes the same one inside Redis.
+
+    SHA-1 because Redis scripts have it (`redis.sha1hex`); a cache key needs no more.
+    """
+    digest = hashlib.sha1(
         "\x1f".join((normalised_question, str(corpus_version), pipeline_fingerprint)).encode()
     ).hexdigest()
-    return f"{_PREFIX}:answer:{tenant}:{digest}"
+    return answer_cache_prefix(tenant) + digest
 
 
 def pending_questions_key() -> str:

@@ -40,12 +40,9 @@ def submit_question(
         body.question, counter=deps.counter, max_tokens=settings.query_max_tokens
     )
     request_id = request.headers.get("x-request-id")
-    corpus_version = services.documents.corpus_version(tenant)
-    cache_key = services.answers.key_for(
-        settings, tenant=tenant, question=question, top_k=top_k, corpus_version=corpus_version
-    )
+    cache = services.answers.lookup(settings, tenant=tenant, question=question, top_k=top_k)
     job_id = new_job_id()
-    cached = services.answers.get(cache_key)
+    cached = cache.answer
     if cached is not None:
         job = services.jobs.create_finished(
             job_id=job_id,
@@ -61,8 +58,8 @@ def submit_question(
         tenant=tenant,
         question=question,
         top_k=top_k,
-        corpus_version=corpus_version,
-        answer_cache_key=cache_key,
+        corpus_version=cache.corpus_version,
+        answer_cache_key=cache.key,
         request_id=request_id,
     )
     try:

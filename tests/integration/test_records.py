@@ -130,3 +130,29 @@ def test_a_batch_is_capped_and_the_asking_job_always_comes_first(client: redis.R
         pending.add(job_id)
     batch = pending.take(waiting[-1], limit=3)
     assert [job_id for job_id, _ in batch] == [waiting[-1], waiting[0], waiting[1]]
+
+
+def test_the_cache_lookup_reads_version_and_answer_in_one_script(client: redis.Redis) -> None:
+    from rag.caches.answers import AnswerCache
+    from rag.settings import Settings
+
+    settings = Settings()
+    cache = AnswerCache(client, ttl_s=60)
+    registry = DocumentRegistry(client)
+    miss = cache.lookup(settings, tenant="t", question="Why?", top_k=3)
+    assert miss.answer is None and miss.corpus_version == 0
+    # Redis computes the key exactly as Python does.
+    assert miss.key == cache.key_for(
+        settings, tenant="t", question="why", top_k=3, corpus_version=0
+    )
+
+    cache.put(miss.key, Answer("Because."))
+    hit = cache.lookup(settings, tenant="t", question="  WHY ", top_k=3)
+    assert hit.answer == Answer("Because.") and hit.key == miss.key
+    assert cache.lookup(settings, tenant="u", question="Why?", top_k=3).answer is None
+
+    # A new corpus version is a new key: the old answer is not served.
+    record = registry.submit(tenant="t", document_id="d", title="T", text="x", metadata={})
+    registry.mark_indexed("t", "d", record.revision, chunks=1)
+    after = cache.lookup(settings, tenant="t", question="Why?", top_k=3)
+    assert after.corpus_version == 1 and after.answer is None and after.key != miss.key
