@@ -21,6 +21,8 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "answer": answer.text if answer else None,
         "sources": [source.to_json() for source in answer.sources] if answer else [],
         "no_context": answer.no_context if answer else False,
+        "degraded": answer.degraded if answer else False,
+        "usable": answer.usable if answer else None,
         "cached": job.cached,
         "model": (answer.model or None) if answer else None,
         "usage": (answer.usage if answer else Usage()).to_json(),

@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, alias="SCRIBES_API_KEY")
     worker_pool: str | None = Field(None, alias="SCRIBES_WORKER_POOL")
 
+    llm_fallback: Literal["none", "extractive"] = Field("none", alias="SCRIBES_LLM_FALLBACK")
+    breaker_failures: int = Field(5, ge=1, alias="SCRIBES_BREAKER_FAILURES")
+    breaker_failure_ratio: float = Field(0.5, gt=0, le=1, alias="SCRIBES_BREAKER_FAILURE_RATIO")
+    breaker_window_s: float = Field(30.0, gt=0, alias="SCRIBES_BREAKER_WINDOW_S")
+    breaker_cooldown_s: float = Field(10.0, gt=0, alias="SCRIBES_BREAKER_COOLDOWN_S")
+    breaker_close_after: int = Field(2, ge=1, alias="SCRIBES_BREAKER_CLOSE_AFTER")
+
+    api_docs: bool | None = Field(None, alias="SCRIBES_API_DOCS")
+    api_header_timeout_s: float = Field(10.0, gt=0, alias="SCRIBES_API_HEADER_TIMEOUT_S")
+    api_body_timeout_s: float = Field(30.0, gt=0, alias="SCRIBES_API_BODY_TIMEOUT_S")
+    api_max_concurrent_bodies: int = Field(64, ge=1, alias="SCRIBES_API_MAX_CONCURRENT_BODIES")
+    flower_auth: SecretStr | None = Field(None, alias="SCRIBES_FLOWER_AUTH")
+
     job_ttl_s: int = Field(86_400, ge=60, alias="SCRIBES_JOB_TTL_S")
     job_deadline_s: int = Field(300, ge=5, alias="SCRIBES_JOB_DEADLINE_S")
     answer_cache_ttl_s: int = Field(86_400, ge=1, alias="SCRIBES_ANSWER_CACHE_TTL_S")
@@ -82,6 +95,11 @@ class Settings(BaseSettings):
                 )
             keys[key.strip()] = tenant.strip()
         return keys
+
+    @property
+    def serves_api_docs(self) -> bool:
+        """/docs, /redoc and /openapi.json: on in development, off in production unless asked."""
+        return self.api_docs if self.api_docs is not None else self.env == "development"
 
     @property
     def vector_store_dir(self) -> Path:

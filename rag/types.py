@@ -183,6 +183,15 @@ class Answer:
     model: str = ""
     usage: Usage = field(default_factory=Usage)
     no_context: bool = False
+    # Written by the fallback writer while the language model is unavailable.
+    degraded: bool = False
+    # False when nothing usable was left, e.g. the leak filter removed every sentence.
+    usable: bool = True
+
+    @property
+    def cacheable(self) -> bool:
+        """Only a full, usable answer may be served again from the cache."""
+        return self.usable and not self.degraded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -191,6 +200,8 @@ class Answer:
             "no_context": self.no_context,
             "model": self.model,
             "usage": self.usage.to_json(),
+            "degraded": self.degraded,
+            "usable": self.usable,
         }
 
     @classmethod
@@ -201,6 +212,8 @@ class Answer:
             model=str(data.get("model") or ""),
             usage=Usage.from_json(data.get("usage") or {}),
             no_context=bool(data.get("no_context")),
+            degraded=bool(data.get("degraded")),
+            usable=bool(data.get("usable", True)),
         )
 
 

@@ -39,7 +39,7 @@ def write_answer(
     if job is None:
         return False
     answer = compose_answer(job.question, job.passages, writer)
-    if jobs.succeed(job_id, answer, last_stage=Stage.GENERATE):
+    if jobs.succeed(job_id, answer, last_stage=Stage.GENERATE) and answer.cacheable:
         answers.put(job.answer_cache_key, answer)
     return True
 

@@ -152,6 +152,8 @@ def _answer_of(raw: dict[str, str]) -> Answer | None:
         model=raw.get("model", ""),
         usage=Usage.from_json(json.loads(raw.get("usage", "{}"))),
         no_context=raw.get("no_context") == "1",
+        degraded=raw.get("degraded") == "1",
+        usable=raw.get("usable", "1") == "1",
     )
 
 
@@ -308,6 +310,8 @@ def _answer_fields(answer: Answer) -> dict[str, str | int | float]:
         "answer": answer.text,
         "sources": json.dumps([source.to_json() for source in answer.sources]),
         "no_context": "1" if answer.no_context else "0",
+        "degraded": "1" if answer.degraded else "0",
+        "usable": "1" if answer.usable else "0",
         "model": answer.model,
         "usage": json.dumps(answer.usage.to_json()),
     }
