@@ -10,6 +10,8 @@ __all__ = [
     "TENANT_PATTERN",
     "answer_cache_key",
     "answer_cache_prefix",
+    "breaker_events_key",
+    "breaker_key",
     "corpus_version_key",
     "document_key",
     "document_lock_key",
@@ -24,8 +26,10 @@ __all__ = [
 ]
 
 _PREFIX = "scribes"
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DOCUMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:~-]{0,199}$")
+# Whole strings only: \A and \Z, not ^ and $, since "$" also matches before a final newline
+# ("dup\n" passed as an id other than "dup"). Callers use fullmatch all the same.
+TENANT_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+DOCUMENT_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:~-]{0,199}\Z")
 
 
 def job_key(job_id: str) -> str:
@@ -89,3 +93,12 @@ def pool_heartbeat_key(pool: str) -> str:
 
 def vector_store_health_key() -> str:
     return f"{_PREFIX}:health:vector_store"
+
+
+def breaker_key(dependency: str) -> str:
+    # Shared by every process and host: the breaker's state is the dependency's, not ours.
+    return f"{_PREFIX}:breaker:{dependency}"
+
+
+def breaker_events_key(dependency: str) -> str:
+    return f"{_PREFIX}:breaker:{dependency}:events"

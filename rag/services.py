@@ -12,6 +12,7 @@ from functools import cached_property, lru_cache
 
 from redis import Redis
 
+from rag.breaker import Breaker, BreakerConfig
 from rag.caches.answers import AnswerCache
 from rag.embedding import Embedder, load_embedder
 from rag.records.documents import DocumentRegistry
@@ -23,6 +24,7 @@ from rag.settings import ConfigurationError, Settings, get_settings
 from rag.store import VectorStore, open_vector_store
 from rag.tokens import TokenCounter, load_token_counter
 from rag.writers import AnswerWriter, build_writer
+from rag.writers.extractive import ExtractiveWriter
 
 __all__ = ["Services", "process_services"]
 
@@ -83,6 +85,29 @@ class Services:
                 f"SCRIBES_EMBEDDING_DIMENSION is {settings.embedding_dimension}; set it to match"
             )
         return model
+
+    @cached_property
+    def llm_breaker(self) -> Breaker:
+        settings = self.settings
+        return Breaker(
+            self.redis,
+            "llm",
+            BreakerConfig(
+                failures=settings.breaker_failures,
+                failure_ratio=settings.breaker_failure_ratio,
+                window_s=settings.breaker_window_s,
+                cooldown_s=settings.breaker_cooldown_s,
+                close_after=settings.breaker_close_after,
+                probe_lease_s=settings.llm_timeout_s + 30,
+            ),
+        )
+
+    @cached_property
+    def fallback_writer(self) -> AnswerWriter | None:
+        """What answers while the model's breaker is open, if anything does."""
+        if self.settings.llm_fallback == "extractive" and self.settings.uses_anthropic:
+            return ExtractiveWriter()
+        return None
 
     @cached_property
     def writer(self) -> AnswerWriter:

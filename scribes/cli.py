@@ -342,12 +342,24 @@ def status(api_url: str | None) -> None:
         except ApiFailure as exc:
             _fail(exc.message)
     pools = body.get("pools", {})
+    breakers = body.get("breakers", {})
     for name, ok in body["checks"].items():
         pool = pools.get(name.removeprefix("pool:"), {}) if name.startswith("pool:") else {}
         detail = f" ({pool['processes']} processes)" if "processes" in pool else ""
+        if name in breakers:
+            detail = _breaker_detail(breakers[name])
         click.echo(f"{'ok  ' if ok else 'DOWN'} {name}{detail}")
     if body["status"] != "ok":
         sys.exit(1)
+
+
+def _breaker_detail(breaker: dict[str, Any]) -> str:
+    state = str(breaker.get("state", "closed"))
+    probe_at = breaker.get("next_probe_at")
+    if state == "closed" or probe_at is None:
+        return f" (circuit {state})"
+    wait = max(0.0, float(probe_at) - time.time())
+    return f" (circuit {state.replace('_', '-')}; next probe in {wait:.0f} s)"
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class ScribesTask(Task):  # type: ignore[misc]
 
 
 def scribes_task(
-    name: TaskName, *, soft_time_limit: int, time_limit: int
+    name: TaskName, *, soft_time_limit: int, time_limit: int, max_retries: int | None = 3
 ) -> Callable[[Callable[..., None]], Any]:
     """Register a thin wrapper as the task `name`, bound, on `ScribesTask`, with its limits."""
     decorator: Callable[[Callable[..., None]], Any] = shared_task(
@@ -159,6 +159,7 @@ def scribes_task(
         base=ScribesTask,
         soft_time_limit=soft_time_limit,
         time_limit=time_limit,
+        max_retries=max_retries,
     )
     return decorator
 

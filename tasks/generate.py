@@ -1,23 +1,53 @@
-"""Queue `generate`: write the answer (Anthropic or extractive); Celery is the one retry layer."""
+"""Queue `generate`: write the answer (Anthropic or extractive); Celery is the one retry layer.
+
+Every model call goes through the shared circuit breaker (`rag.breaker`). While it is open
+no call is made: the job is re-queued with a countdown to the next probe, or, with
+`SCRIBES_LLM_FALLBACK=extractive`, answered at once by the extractive writer and marked
+degraded. Transient model errors are retried with backoff up to `SCRIBES_LLM_MAX_RETRIES`;
+waiting on an open breaker does not use up those retries, only the job's deadline.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 
 from celery.exceptions import Ignore
+from redis import RedisError
 
 from rag.answering import compose_answer
+from rag.breaker import Breaker, BreakerState, Permit
 from rag.caches.answers import AnswerCache
-from rag.records.jobs import JobStore, Stage
+from rag.records.jobs import JobRecord, JobStore, Stage
 from rag.services import process_services
-from rag.writers.base import AnswerWriter, TransientLLMError
+from rag.types import Answer, Usage
+from rag.writers.base import AnswerWriter, PermanentLLMError, TransientLLMError
 from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
 
-__all__ = ["generate_answer", "retry_delay", "write_answer"]
+__all__ = ["CircuitOpen", "generate_answer", "retry_delay", "write_answer"]
+
+log = logging.getLogger(__name__)
 
 _BACKOFF_BASE_S = 1.0
 _BACKOFF_CAP_S = 60.0
+# How soon to look again when another delivery of the same job holds the model call.
+_CALL_IN_PROGRESS_S = 5.0
+_CLAIM_TTL_S = 9.0
+
+
+class CircuitOpen(Exception):
+    """No model call now: the breaker is open, or another delivery is calling for this job."""
+
+    def __init__(self, retry_at: float, reason: str) -> None:
+        super().__init__(reason)
+        self.retry_at = retry_at
+        self.reason = reason
 
 
 def retry_delay(attempt: int, retry_after: float | None) -> float:
@@ -27,43 +57,143 @@ def retry_delay(attempt: int, retry_after: float | None) -> float:
 
 
 def write_answer(
-    job_id: str, *, jobs: JobStore, writer: AnswerWriter, answers: AnswerCache
+    job_id: str,
+    *,
+    jobs: JobStore,
+    writer: AnswerWriter,
+    answers: AnswerCache,
+    breaker: Breaker | None = None,
+    fallback: AnswerWriter | None = None,
+    call_timeout_s: float = 60.0,
 ) -> bool:
     """Write, finish and cache the job's answer; False when the job is not ours to move.
 
-    A transient model failure raises `TransientLLMError` for the caller to retry.
+    `breaker` guards `writer` (None: the writer needs no guard, as the extractive one).
+    Raises `TransientLLMError` for the caller to retry, `CircuitOpen` for it to wait.
     """
     if not jobs.start_stage(job_id, Stage.GENERATE):
         return False
     job = jobs.get(job_id)
     if job is None:
         return False
-    answer = compose_answer(job.question, job.passages, writer)
+    if breaker is None:
+        answer = compose_answer(job.question, job.passages, writer)
+    else:
+        permit = breaker.acquire()
+        if not permit.allowed:
+            if fallback is None:
+                raise CircuitOpen(permit.retry_at, "the language model's circuit is open")
+            # Free and at once, but not what the model would have said: never cached.
+            drafted = compose_answer(job.question, job.passages, fallback)
+            answer = replace(drafted, degraded=True, usage=Usage())
+        else:
+            answer = _guarded_call(
+                job,
+                jobs=jobs,
+                writer=writer,
+                breaker=breaker,
+                permit=permit,
+                call_timeout_s=call_timeout_s,
+            )
     if jobs.succeed(job_id, answer, last_stage=Stage.GENERATE) and answer.cacheable:
         answers.put(job.answer_cache_key, answer)
     return True
 
 
-@scribes_task(TaskName.GENERATE_ANSWER, soft_time_limit=150, time_limit=180)
+def _guarded_call(
+    job: JobRecord,
+    *,
+    jobs: JobStore,
+    writer: AnswerWriter,
+    breaker: Breaker,
+    permit: Permit,
+    call_timeout_s: float,
+) -> Answer:
+    """One model call under the breaker's permit and the job's call claim."""
+    with _claimed_call(jobs, job.id):
+        try:
+            answer = compose_answer(job.question, job.passages, writer)
+        except TransientLLMError as exc:
+            if breaker.failed(permit, retry_after=exc.retry_after) is not BreakerState.CLOSED:
+                # An outage, not this job's bad luck: wait for it without using up retries.
+                raise CircuitOpen(time.time() + 1, f"the model is failing ({exc})") from exc
+            raise
+        except PermanentLLMError:
+            breaker.succeeded(permit)  # the model answered; the request was at fault
+            raise
+    breaker.succeeded(permit)
+    return answer
+
+
+@contextmanager
+def _claimed_call(jobs: JobStore, job_id: str) -> Iterator[None]:
+    """Hold the job's model-call claim for the call, renewed while it runs.
+
+    The claim is short and renewed, so that a delivery that died mid-call (SIGKILL, a lost
+    host) frees it within `_CLAIM_TTL_S` and a redelivery can go on.
+    """
+    token = jobs.claim_llm_call(job_id, ttl_s=_CLAIM_TTL_S)
+    if token is None:
+        raise CircuitOpen(
+            time.time() + _CALL_IN_PROGRESS_S, "another delivery of this job is calling the model"
+        )
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(_CLAIM_TTL_S / 3):
+            try:
+                jobs.renew_llm_call(job_id, token, ttl_s=_CLAIM_TTL_S)
+            except RedisError:
+                log.warning("could not renew the model-call claim of job %s", job_id)
+
+    renewer = threading.Thread(target=renew, name="scribes-llm-claim", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+        jobs.release_llm_call(job_id, token)
+
+
+# No retry count: waiting on the model is bounded by the job's deadline (`expires`).
+@scribes_task(TaskName.GENERATE_ANSWER, soft_time_limit=150, time_limit=180, max_retries=None)
 def generate_answer(self: ScribesTask, *, job_id: str) -> None:
     services = process_services()
+    settings = services.settings
+    guarded = settings.uses_anthropic
     try:
         done = write_answer(
-            job_id, jobs=services.jobs, writer=services.writer, answers=services.answers
+            job_id,
+            jobs=services.jobs,
+            writer=services.writer,
+            answers=services.answers,
+            breaker=services.llm_breaker if guarded else None,
+            fallback=services.fallback_writer,
+            call_timeout_s=settings.llm_timeout_s,
         )
-    except TransientLLMError as exc:
-        attempt = self.request.retries
-        limit = services.settings.llm_max_retries
-        if attempt >= limit:
-            raise
-        delay = retry_delay(attempt, exc.retry_after)
+    except CircuitOpen as exc:
+        # A little jitter, so that the jobs waiting on one probe do not all come back at once.
+        delay = max(0.0, exc.retry_at - time.time()) + random.uniform(0.1, 1.0)
         services.jobs.note(
             job_id,
             Stage.GENERATE,
-            f"the language model is unavailable ({exc}); retry {attempt + 1} of {limit} "
+            f"waiting for the language model: {exc.reason}; trying again in {delay:.0f} s",
+        )
+        raise self.retry(countdown=delay) from exc
+    except TransientLLMError as exc:
+        failures = services.jobs.count_llm_failure(job_id)
+        limit = settings.llm_max_retries
+        if failures > limit:
+            raise
+        delay = retry_delay(failures - 1, exc.retry_after)
+        services.jobs.note(
+            job_id,
+            Stage.GENERATE,
+            f"the language model is unavailable ({exc}); retry {failures} of {limit} "
             f"in {delay:.1f} s",
         )
         # Re-queued with a countdown: the worker thread is free while the job waits.
-        raise self.retry(exc=exc, countdown=delay, max_retries=limit) from exc
+        raise self.retry(exc=exc, countdown=delay) from exc
     if not done:
         raise Ignore()

@@ -70,6 +70,7 @@ class _State:
     calls: list[RecordedCall] = field(default_factory=list)
     failures: deque[_Failure] = field(default_factory=deque)
     delay_s: float = 0.0
+    down_status: int | None = None
     received: int = 0
     cached_prefixes: set[tuple[str, str]] = field(default_factory=set)
 
@@ -120,12 +121,18 @@ class FakeAnthropic:
             self._state.calls.clear()
             self._state.failures.clear()
             self._state.delay_s = 0.0
+            self._state.down_status = None
             self._state.cached_prefixes.clear()
 
     def fail_next(self, status: int, *, times: int = 1, retry_after: float | None = None) -> None:
         """Answer the next `times` requests with an Anthropic-shaped `status` error."""
         with self._state.lock:
             self._state.failures.extend(_Failure(status, retry_after) for _ in range(times))
+
+    def down(self, status: int | None = 529) -> None:
+        """Answer every following request with `status` until `down(None)`: an outage."""
+        with self._state.lock:
+            self._state.down_status = status
 
     def delay(self, seconds: float) -> None:
         """Hold every following response for `seconds` (0 to stop) before answering."""
@@ -175,6 +182,8 @@ class FakeAnthropic:
         with self._state.lock:
             self._state.received += 1
             failure = self._state.failures.popleft() if self._state.failures else None
+            if failure is None and self._state.down_status is not None:
+                failure = _Failure(self._state.down_status, None)
             delay_s = self._state.delay_s
         if delay_s:
             self._stopping.wait(delay_s)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from api_shim.deps import AppDeps, Deps, Tenant
 from api_shim.errors import error_body
+from rag.breaker import BreakerState
 from tasks.pipeline import broker_answers
 from workers.pools import POOLS
 
@@ -59,13 +60,21 @@ def status(_: Tenant, deps: AppDeps) -> dict[str, Any]:
     """Every part of the system: Redis, the broker, each pool's live processes, the store."""
     checks: dict[str, bool] = _serving_checks(deps)
     processes: dict[str, int] = {}
+    breakers: dict[str, Any] = {}
     if checks["redis"]:
-        heartbeats = deps.services.heartbeats
-        processes = heartbeats.alive(POOLS)
+        services = deps.services
+        processes = services.heartbeats.alive(POOLS)
         checks.update({f"pool:{name}": count > 0 for name, count in processes.items()})
-        checks["vector_store"] = heartbeats.store_answers()
+        checks["vector_store"] = services.heartbeats.store_answers()
+        if deps.settings.uses_anthropic:
+            llm = services.llm_breaker.status()
+            # An open circuit is an outage of the model, reported as one; questions wait
+            # for it (or get the fallback), they do not fail.
+            checks["llm"] = llm.state is not BreakerState.OPEN
+            breakers["llm"] = llm.to_json()
     return {
         "status": "ok" if all(checks.values()) else "degraded",
         "checks": checks,
         "pools": {name: {"processes": processes.get(name, 0)} for name in POOLS},
+        "breakers": breakers,
     }

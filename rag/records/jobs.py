@@ -73,6 +73,19 @@ return 1
 """
 
 
+# Deletes a claim only for the claimant that holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -164,6 +177,8 @@ class JobStore:
         self._redis = redis
         self._ttl_s = ttl_s
         self._advance = redis.register_script(_ADVANCE)
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
 
     def create(
         self,
@@ -271,6 +286,36 @@ class JobStore:
         if passages is not None:
             fields["passages"] = json.dumps([passage.to_json() for passage in passages])
         return self._move(job_id, stage, fields)
+
+    def count_llm_failure(self, job_id: str) -> int:
+        """One more transient model failure for this job; how many it has had."""
+        key = job_key(job_id)
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(key, "llm_failures", 1)
+            pipe.expire(key, self._ttl_s)
+            failures: int = pipe.execute()[0]
+        return failures
+
+    def claim_llm_call(self, job_id: str, *, ttl_s: float) -> str | None:
+        """A token if no other delivery of this job is calling the model now, else None.
+
+        A stage that runs twice (a redelivery while the first still runs) must never make
+        two model calls at once for one job: the second waits for the first.
+        """
+        token = uuid.uuid4().hex
+        claimed = self._redis.set(
+            job_key(job_id) + ":llm", token, nx=True, px=max(1, int(ttl_s * 1000))
+        )
+        return token if claimed else None
+
+    def renew_llm_call(self, job_id: str, token: str, *, ttl_s: float) -> bool:
+        """Extend a claim that `token` still holds; False if it was lost."""
+        return bool(
+            self._renew(keys=[job_key(job_id) + ":llm"], args=[token, max(1, int(ttl_s * 1000))])
+        )
+
+    def release_llm_call(self, job_id: str, token: str) -> None:
+        self._release(keys=[job_key(job_id) + ":llm"], args=[token])
 
     def note(self, job_id: str, stage: Stage, note: str) -> bool:
         """Say why a job waits (a retry, an outage) without moving it."""

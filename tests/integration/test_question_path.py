@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from rag.types import Usage
 from rag.writers.pricing import cost_usd
@@ -20,6 +21,16 @@ MUSTARD = (
     "holding exactly 37 mustard seeds and passed it down the pews. Her point: the kingdom "
     "starts small and hidden, and small faithfulness grows into a tree where birds can nest."
 )
+
+
+@pytest.fixture(autouse=True)
+def closed_breaker(request: pytest.FixtureRequest) -> None:
+    """Each test's scripted LLM errors count towards the shared breaker; start it closed."""
+    if "cluster" in request.fixturenames:
+        cluster: Cluster = request.getfixturevalue("cluster")
+        redis.Redis.from_url(cluster.redis_url).delete(
+            "scribes:breaker:llm", "scribes:breaker:llm:events"
+        )
 
 
 def ingest(http: httpx.Client, document_id: str, title: str, text: str) -> dict[str, Any]:
