@@ -32,11 +32,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "no SCRIBES_API_KEYS set: every request is served as tenant 'default' "
             "(development only; production refuses to start like this)"
         )
-    app = FastAPI(title="Scribes", version="0.1.0")
+    docs = settings.serves_api_docs
+    app = FastAPI(
+        title="Scribes",
+        version="0.1.0",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     # A client waits on the API, so Redis gets a shorter timeout here than in the workers.
     app.state.deps = Deps(Services(settings, redis_timeout_s=5), resolver)
     install_error_handlers(app, redis_url=settings.redis_url)
-    app.add_middleware(BodyLimit, max_bytes=settings.document_max_bytes * 2)
+    # Keep this the last middleware added: it then runs first, bounding a body before anything
+    # else reads it.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.document_max_bytes * 2,
+        timeout_s=settings.api_body_timeout_s,
+        max_concurrent=settings.api_max_concurrent_bodies,
+    )
     for module in (questions, documents, health):
         app.include_router(module.router)
     return app

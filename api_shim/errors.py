@@ -11,9 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rag.urls import redact_url
 from rag.validation import InvalidInput
 
-__all__ = ["ApiError", "error_body", "install_error_handlers", "redacted_url"]
+__all__ = ["ApiError", "error_body", "install_error_handlers"]
 
 log = logging.getLogger("scribes.api")
 
@@ -33,12 +34,6 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
-def redacted_url(url: str) -> str:
-    """`url` without the credentials before its host."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
-
-
 def _describe(error: RequestValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
@@ -50,7 +45,7 @@ def _describe(error: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI, *, redis_url: str) -> None:
     redis_down = error_body(
         "redis_unavailable",
-        f"Redis at {redacted_url(redis_url)} is not reachable; start it or set REDIS_URL",
+        f"Redis at {redact_url(redis_url)} is not reachable; start it or set REDIS_URL",
     )
 
     @app.exception_handler(ApiError)

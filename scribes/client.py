@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from rag.urls import redact_url
+
 __all__ = ["ApiFailure", "ScribesClient"]
 
 
@@ -40,8 +42,8 @@ class ScribesClient:
             raise ApiFailure(
                 0,
                 "api_unreachable",
-                f"Scribes API at {self.base_url} is not reachable ({exc.__class__.__name__}); "
-                "start it with `scribes up` or set SCRIBES_API_URL",
+                f"Scribes API at {redact_url(self.base_url)} is not reachable "
+                f"({exc.__class__.__name__}); start it with `scribes up` or set SCRIBES_API_URL",
             ) from exc
         try:
             body: dict[str, Any] = response.json()
