@@ -21,7 +21,7 @@ class TenantResolver:
         self._keys = settings.api_keys
         self._trust_gateway = settings.trust_gateway_tenant
         for tenant in self._keys.values():
-            if not TENANT_PATTERN.match(tenant):
+            if not TENANT_PATTERN.fullmatch(tenant):
                 raise ValueError(f"tenant name {tenant!r} in SCRIBES_API_KEYS is not valid")
 
     @property
@@ -31,7 +31,7 @@ class TenantResolver:
     def __call__(self, request: Request) -> str:
         if self._trust_gateway:
             claimed = request.headers.get(GATEWAY_TENANT_HEADER, "")
-            if TENANT_PATTERN.match(claimed):
+            if TENANT_PATTERN.fullmatch(claimed):
                 return claimed
             if not self._keys:
                 raise _unauthorized(f"missing or invalid {GATEWAY_TENANT_HEADER} header")

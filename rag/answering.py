@@ -26,12 +26,15 @@ def no_context_answer() -> Answer:
 
 
 def compose_answer(question: str, passages: Sequence[Passage], writer: AnswerWriter) -> Answer:
+    """The writer's draft for `passages`, cleaned; an answer the leak filter emptied says so,
+    cites nothing and is not usable, so it is never cached."""
     draft = writer.write(question, passages)
     finished = finish_answer(draft.text, passages, system_prompt=SYSTEM_PROMPT)
+    price = Decimal(0) if draft.model == EXTRACTIVE_MODEL else cost_usd(draft.model, draft.usage)
+    usage = draft.usage.priced(price)
+    if not finished.usable:
+        return Answer(text=finished.text, model=draft.model, usage=usage, usable=False)
     cited = set(finished.cited)
     # Sources are what the answer cites; an answer citing nothing shows all it was given.
     shown = tuple(p for p in passages if p.number in cited) or tuple(passages)
-    price = Decimal(0) if draft.model == EXTRACTIVE_MODEL else cost_usd(draft.model, draft.usage)
-    return Answer(
-        text=finished.text, sources=shown, model=draft.model, usage=draft.usage.priced(price)
-    )
+    return Answer(text=finished.text, sources=shown, model=draft.model, usage=usage)

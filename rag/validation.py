@@ -12,6 +12,8 @@ from rag.tokens import TokenCounter
 __all__ = ["InvalidInput", "validate_document", "validate_question"]
 
 _ALLOWED_CONTROL = {"\n", "\r", "\t"}
+# Everything str.splitlines() breaks a line at: a title is one line in every renderer.
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 _METADATA_MAX_BYTES = 16_384
 _TITLE_MAX_CHARS = 300
 
@@ -50,13 +52,18 @@ def validate_question(question: str, *, counter: TokenCounter, max_tokens: int) 
 
 def validate_document(
     *,
-    document_id: str,
+    document_id: str | None,
     title: str,
     text: str,
     metadata: dict[str, Any] | None,
     max_bytes: int,
 ) -> None:
-    if not DOCUMENT_ID_PATTERN.match(document_id):
+    """Refuse a document that cannot be stored as sent; `document_id` None: one is derived.
+
+    Every check that reads characters runs before anything encodes or hashes them: a lone
+    surrogate ("\\ud800" in JSON) cannot be encoded as UTF-8 and is refused here.
+    """
+    if document_id is not None and not DOCUMENT_ID_PATTERN.fullmatch(document_id):
         raise InvalidInput(
             "invalid_document_id",
             "document id must be 1-200 characters of letters, digits and . _ : ~ -, "
@@ -64,18 +71,27 @@ def validate_document(
         )
     if not title.strip():
         raise InvalidInput("empty_title", "title is empty")
-    if len(title) > _TITLE_MAX_CHARS or _has_control_characters(title) or "\n" in title:
+    if (
+        len(title) > _TITLE_MAX_CHARS
+        or _has_control_characters(title)
+        or not _LINE_BREAKS.isdisjoint(title)
+    ):
         raise InvalidInput(
-            "invalid_title", f"title must be one line of at most {_TITLE_MAX_CHARS} characters"
+            "invalid_title",
+            f"title must be one line of at most {_TITLE_MAX_CHARS} characters of plain text",
         )
     if not text.strip():
         raise InvalidInput("empty_text", "text is empty; there is nothing to index")
+    if _has_control_characters(text):
+        raise InvalidInput(
+            "control_characters",
+            "text contains control characters or invalid Unicode (a lone surrogate); "
+            "send plain text",
+        )
     if len(text.encode()) > max_bytes:
         raise InvalidInput(
             "document_too_large", f"text is larger than {max_bytes} bytes; split the document"
         )
-    if _has_control_characters(text):
-        raise InvalidInput("control_characters", "text contains control characters")
     if metadata is not None and len(json.dumps(metadata)) > _METADATA_MAX_BYTES:
         raise InvalidInput(
             "metadata_too_large", f"metadata is larger than {_METADATA_MAX_BYTES} bytes"

@@ -35,16 +35,15 @@ class DocumentIn(BaseModel):
 @router.post("", status_code=202)
 def submit_document(body: DocumentIn, tenant: Tenant, deps: AppDeps) -> dict[str, Any]:
     documents = deps.services.documents
-    document_id = (
-        body.id or "doc-" + hashlib.sha256(f"{body.title}\x1f{body.text}".encode()).hexdigest()[:20]
-    )
+    # Validated before an id is derived: hashing encodes the text, which must be valid first.
     validate_document(
-        document_id=document_id,
+        document_id=body.id or None,
         title=body.title,
         text=body.text,
         metadata=body.metadata,
         max_bytes=deps.settings.document_max_bytes,
     )
+    document_id = body.id or _derived_id(body.title, body.text)
     try:
         record = enqueue_document(
             documents,
@@ -97,3 +96,8 @@ def delete_document(document_id: str, tenant: Tenant, deps: AppDeps) -> dict[str
     except Exception:
         log.warning("purge of %s/%s not queued; its chunks stay, unseen", tenant, document_id)
     return {"id": document_id, "status": "deleted"}
+
+
+def _derived_id(title: str, text: str) -> str:
+    """The id of a document sent without one: the same title and text, the same document."""
+    return "doc-" + hashlib.sha256(f"{title}\x1f{text}".encode()).hexdigest()[:20]

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 
 from rag.types import Passage
 
-__all__ = ["LEAK_REFUSAL", "LEAK_RUN_WORDS", "FinishedAnswer", "finish_answer"]
+__all__ = ["LEAK_REFUSAL", "LEAK_RUN_WORDS", "NO_USABLE_ANSWER", "FinishedAnswer", "finish_answer"]
 
 LEAK_REFUSAL = "I can't share that."
+NO_USABLE_ANSWER = (
+    "No usable answer could be written: every sentence that answered the question repeated "
+    "Scribes' own instructions and was withheld. Try asking in other words."
+)
 # A sentence sharing this many consecutive words with the system prompt is an echo of it.
 LEAK_RUN_WORDS = 8
 # Ranges such as [2-4] are expanded only when short, so a stray "[1-2000]" stays harmless.
@@ -28,21 +32,38 @@ _CANONICAL_MARK = re.compile(r"\[(\d+)\]")
 
 @dataclass(frozen=True)
 class FinishedAnswer:
-    """The answer as shown to the user, and the passage numbers it cites in order of use."""
+    """The answer as shown to the user, and the passage numbers it cites in order of use.
+
+    `usable` is False when the leak filter took every sentence that cited a passage: what
+    is left (a lead-in such as "From your notes:", a closing remark) answers nothing.
+    """
 
     text: str
     cited: tuple[int, ...]
+    usable: bool = True
 
 
 def finish_answer(text: str, passages: Sequence[Passage], *, system_prompt: str) -> FinishedAnswer:
-    """Drop echoes of `system_prompt`, normalise citation marks to [n], trim whitespace."""
+    """Drop echoes of `system_prompt`, normalise citation marks to [n], trim whitespace.
+
+    A draft that was nothing but an echo becomes LEAK_REFUSAL; one that lost every cited
+    sentence to the filter but kept some words becomes NO_USABLE_ANSWER, not usable.
+    """
     kept, leaked = _drop_prompt_echo(text, system_prompt)
     if leaked and not _WORD.search(_CITATION_RUN.sub("", kept)):
         return FinishedAnswer(text=LEAK_REFUSAL, cited=())
     valid = frozenset(p.number for p in passages)
-    cleaned = _tidy(_CITATION_RUN.sub(lambda m: _normalise_run(m, valid), kept))
-    cited = tuple(dict.fromkeys(int(m.group(1)) for m in _CANONICAL_MARK.finditer(cleaned)))
+    cleaned, cited = _cite(kept, valid)
+    if leaked and not cited and _cite(text, valid)[1]:
+        return FinishedAnswer(text=NO_USABLE_ANSWER, cited=(), usable=False)
     return FinishedAnswer(text=cleaned, cited=cited)
+
+
+def _cite(text: str, valid: frozenset[int]) -> tuple[str, tuple[int, ...]]:
+    """`text` tidied with its citation marks as [n], and the valid numbers it cites."""
+    cleaned = _tidy(_CITATION_RUN.sub(lambda m: _normalise_run(m, valid), text))
+    cited = tuple(dict.fromkeys(int(m.group(1)) for m in _CANONICAL_MARK.finditer(cleaned)))
+    return cleaned, cited
 
 
 def _drop_prompt_echo(text: str, system_prompt: str) -> tuple[str, bool]:
