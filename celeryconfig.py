@@ -34,11 +34,11 @@ task_reject_on_worker_lost = True
 task_acks_on_failure_or_timeout = True
 worker_prefetch_multiplier = 1
 broker_transport_options = {
-    # Above the longest hard time limit (the index task's), or a running task is redelivered.
+    # Short: each worker renews the messages it holds every quarter of this (workers.leases),
+    # so only a dead worker's messages grow older than it and are handed back.
     "visibility_timeout": _settings.visibility_timeout_s,
-    # Look for messages of dead workers every 10 s (kombu's default is about every 100 s);
-    # a message is handed back only once it is older than the visibility timeout.
-    "unacked_restore_interval": 10,
+    # Look for such messages every 5 s (kombu's default is about every 100 s).
+    "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
     "socket_timeout": 10,
     "socket_connect_timeout": 5,

@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(86_400, ge=60, alias="SCRIBES_JOB_TTL_S")
     job_deadline_s: int = Field(300, ge=5, alias="SCRIBES_JOB_DEADLINE_S")
     answer_cache_ttl_s: int = Field(86_400, ge=1, alias="SCRIBES_ANSWER_CACHE_TTL_S")
-    visibility_timeout_s: int = Field(3_600, ge=1, alias="SCRIBES_VISIBILITY_TIMEOUT_S")
+    # Short, because every worker renews the messages it holds (workers.leases): a dead
+    # worker's messages come back after this plus the 5 s restore interval.
+    visibility_timeout_s: int = Field(20, ge=8, alias="SCRIBES_VISIBILITY_TIMEOUT_S")
 
     @property
     def broker_url(self) -> str:

@@ -214,10 +214,9 @@ def worker(pool: str, concurrency: int | None, loglevel: str) -> None:
 @click.option("--port", default=8000, show_default=True)
 def api(host: str, port: int) -> None:
     """Serve the HTTP API."""
-    import uvicorn
+    from api_shim.server import serve
 
-    _settings()
-    uvicorn.run("api_shim.app:create_app", factory=True, host=host, port=port)
+    serve(_settings(), host=host, port=port)
 
 
 @main.command()

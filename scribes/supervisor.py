@@ -18,6 +18,7 @@ import redis
 
 from rag.records.heartbeats import Heartbeats
 from rag.settings import DEFAULT_REDIS_URL, Settings
+from rag.urls import redact_url
 from workers.pools import POOLS, worker_command
 
 __all__ = ["LocalRedis", "Supervisor", "find_redis_server", "free_port", "redis_answers"]
@@ -134,7 +135,9 @@ class Supervisor:
         url = self.settings.redis_url
         if explicit_url or redis_answers(url):
             if not redis_answers(url, 3.0):
-                raise RuntimeError(f"Redis at {url} is not reachable; start it or set REDIS_URL")
+                raise RuntimeError(
+                    f"Redis at {redact_url(url)} is not reachable; start it or set REDIS_URL"
+                )
             self.redis_url = url
             return
         port = self.redis_port if _port_free(self.redis_port) else free_port()
@@ -158,9 +161,7 @@ class Supervisor:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "api_shim.app:create_app",
-                "--factory",
+                "api_shim.server",
                 "--host",
                 self.host,
                 "--port",

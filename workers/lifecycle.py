@@ -8,10 +8,12 @@ import threading
 import time
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import task_received, worker_process_init, worker_ready, worker_shutdown
+from redis import Redis
 
 from rag.records.heartbeats import HEARTBEAT_INTERVAL_S
 from rag.services import process_services
+from workers.leases import MessageLeases, uses_redis_broker
 from workers.pools import POOLS, PoolSpec
 
 __all__ = ["current_pool"]
@@ -19,6 +21,7 @@ __all__ = ["current_pool"]
 log = logging.getLogger(__name__)
 
 _stop = threading.Event()
+_leases: MessageLeases | None = None
 
 
 def current_pool() -> PoolSpec | None:
@@ -54,15 +57,37 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     if spec.pool != "prefork":
         _warm(spec)
     hostname = getattr(sender, "hostname", None) or f"{spec.name}@{socket.gethostname()}"
+    _start_leases(getattr(sender, "app", None))
     _stop.clear()
     threading.Thread(
         target=_heartbeat, args=(spec, hostname), name="scribes-heartbeat", daemon=True
     ).start()
 
 
+@task_received.connect
+def _on_received(request: Any = None, **_: Any) -> None:
+    if _leases is not None and request is not None:
+        _leases.hold(request)
+
+
+def _start_leases(app: Any) -> None:
+    """Renew this worker's messages on a Redis broker (see `workers.leases`)."""
+    global _leases
+    settings = process_services().settings
+    if app is None or not uses_redis_broker(settings.broker_url):
+        return
+    options = app.conf.broker_transport_options or {}
+    key = options.get("global_keyprefix", "") + options.get("unacked_index_key", "unacked_index")
+    client = Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    _leases = MessageLeases(client, index_key=key, interval_s=settings.visibility_timeout_s / 4)
+    _leases.start()
+
+
 @worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
     _stop.set()
+    if _leases is not None:
+        _leases.stop()
     process_services().close()
 
 

@@ -17,6 +17,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from rag.settings import ConfigurationError
 from rag.store.base import VectorStoreError, canonical_point_id, hit_from_payload, vector_as_floats
 from rag.types import ChunkHit, ChunkPoint
+from rag.urls import redact_url
 
 __all__ = ["DEFAULT_TIMEOUT_S", "QdrantVectorStore"]
 
@@ -81,8 +82,9 @@ class QdrantVectorStore:
             self._client.close()
             if isinstance(exc, ResponseHandlingException | UnexpectedResponse):
                 raise VectorStoreError(
-                    f"Qdrant at {url} failed to answer ({exc}); start it, check QDRANT_URL and "
-                    "QDRANT_API_KEY, or unset QDRANT_URL to use the embedded Qdrant Edge store"
+                    f"Qdrant at {redact_url(url)} failed to answer ({exc}); start it, check "
+                    "QDRANT_URL and QDRANT_API_KEY, or unset QDRANT_URL to use the embedded "
+                    "Qdrant Edge store"
                 ) from exc
             raise
 
@@ -106,7 +108,7 @@ class QdrantVectorStore:
             vectors.size != self._dimension or vectors.distance != models.Distance.COSINE
         ):
             raise ConfigurationError(
-                f"Qdrant collection {name!r} at {self._url} does not hold one unnamed "
+                f"Qdrant collection {name!r} at {redact_url(self._url)} does not hold one unnamed "
                 f"{self._dimension}-d cosine vector per point ({vectors}); set "
                 "SCRIBES_QDRANT_COLLECTION to a new name or re-index with this model"
             )
@@ -118,7 +120,9 @@ class QdrantVectorStore:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise VectorStoreError(f"the vector store on {self._url} is closed; open it again")
+            raise VectorStoreError(
+                f"the vector store on {redact_url(self._url)} is closed; open it again"
+            )
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         if not points:

@@ -11,6 +11,7 @@ import anthropic
 from anthropic.types import TextBlockParam
 
 from rag.types import Draft, Passage, Usage
+from rag.urls import redact_url
 from rag.writers.base import LLMError, PermanentLLMError, TransientLLMError
 from rag.writers.prompt import Prompt, build_prompt
 
@@ -83,13 +84,14 @@ class AnthropicWriter:
             raise self._status_error(exc) from exc
         except anthropic.APITimeoutError as exc:
             raise TransientLLMError(
-                f"Anthropic at {self.base_url} did not answer within the timeout; "
+                f"Anthropic at {redact_url(self.base_url)} did not answer within the timeout; "
                 "the job will be retried (raise SCRIBES_LLM_TIMEOUT_S if this persists)"
             ) from exc
         except anthropic.APIConnectionError as exc:
             raise TransientLLMError(
-                f"Anthropic at {self.base_url} is not reachable ({exc.__cause__ or exc}); "
-                "the job will be retried; check the network or ANTHROPIC_BASE_URL"
+                f"Anthropic at {redact_url(self.base_url)} is not reachable "
+                f"({exc.__cause__ or exc}); the job will be retried; check the network or "
+                "ANTHROPIC_BASE_URL"
             ) from exc
         except anthropic.AnthropicError as exc:
             raise PermanentLLMError(f"Anthropic call failed unexpectedly: {exc}") from exc

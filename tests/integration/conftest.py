@@ -14,9 +14,6 @@ BOB_KEY = "key-bob-9876543210"
 CAROL_KEY = "key-carol-5555555555"
 LLM_KEY = "sk-test-scribes"
 LLM_MAX_RETRIES = 2
-# Short, so a task lost with its worker is handed back within seconds; every task in
-# these tests finishes far sooner than this.
-VISIBILITY_TIMEOUT_S = 6
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +30,6 @@ def cluster(session_dir: Path, redis_url: str, fake_llm: FakeAnthropic) -> Itera
         "ANTHROPIC_API_KEY": LLM_KEY,
         "ANTHROPIC_BASE_URL": fake_llm.base_url,
         "SCRIBES_LLM_MODEL": "claude-sonnet-4-6",
-        "SCRIBES_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
         "SCRIBES_LLM_TIMEOUT_S": "30",
         # Fewer retries than the default 5, so that running out of them takes seconds.
         "SCRIBES_LLM_MAX_RETRIES": str(LLM_MAX_RETRIES),

@@ -232,7 +232,7 @@ def test_transient_llm_errors_are_retried_with_backoff(
         calls = len(fake_llm.calls)
         fake_llm.fail_next(429, times=1, retry_after=0.5)
         fake_llm.fail_next(529, times=1)
-        _, job = ask(alice, "What did Pastor Miriam pass down the pews?")
+        _, job = ask(alice, "What did Pastor Miriam pass down the pews in her mustard seed sermon?")
 
     assert job["status"] == "succeeded", job
     attempts = fake_llm.calls[calls:]

@@ -40,8 +40,9 @@ def test_the_embedded_store_has_one_owner_process() -> None:
 def test_delivery_is_at_least_once() -> None:
     assert celeryconfig.task_acks_late and celeryconfig.task_reject_on_worker_lost
     assert celeryconfig.worker_prefetch_multiplier == 1
-    longest = max(
-        task.time_limit or 0 for name, task in app.tasks.items() if name.startswith("scribes.")
-    )
-    assert celeryconfig.broker_transport_options["visibility_timeout"] > longest
+    # Running tasks outlast the visibility timeout because their worker renews them
+    # (workers.leases), several times within it; dead workers' messages are swept often.
+    options = celeryconfig.broker_transport_options
+    assert options["unacked_restore_interval"] <= 5
+    assert options["visibility_timeout"] <= 30
     assert celeryconfig.accept_content == ["json"]
