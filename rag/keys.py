@@ -13,6 +13,7 @@ __all__ = [
     "breaker_events_key",
     "breaker_key",
     "corpus_version_key",
+    "delivery_count_key",
     "document_key",
     "document_lock_key",
     "document_revision_key",
@@ -102,3 +103,7 @@ def breaker_key(dependency: str) -> str:
 
 def breaker_events_key(dependency: str) -> str:
     return f"{_PREFIX}:breaker:{dependency}:events"
+
+
+def delivery_count_key(message: str) -> str:
+    return f"{_PREFIX}:deliveries:{message}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from celery.signals import before_task_publish
@@ -30,6 +31,8 @@ from tasks.names import TaskName
 
 __all__ = [
     "ENQUEUED_AT_HEADER",
+    "MAX_DELIVERIES",
+    "REDIS_DOWN",
     "ScribesTask",
     "TaskTiming",
     "failure_of",
@@ -41,6 +44,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENQUEUED_AT_HEADER = "scribes_enqueued_at"
+# A message delivered this many times that never finished is given up (see `_poisoned`).
+MAX_DELIVERIES = 3
+# Redis is away (down, restarting, loading its append-only file): not the task's failure.
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +60,7 @@ class TaskTiming:
 
     task: str
     queue: str
-    outcome: str  # succeeded, retried, skipped or failed
+    outcome: str  # succeeded, retried, skipped, failed or poisoned
     wait_s: float | None
     run_s: float
 
@@ -77,6 +88,9 @@ class ScribesTask(Task):  # type: ignore[misc]
         wait_s = self._queue_wait(started)
         outcome = "failed"
         with bound_ids(self._ids(kwargs)):
+            if self._poisoned(kwargs):
+                self._report(TaskTiming(self.name, self._queue(), "poisoned", wait_s, 0.0))
+                return None
             try:
                 # run(), not super().__call__(): that would push a fresh request and hide
                 # the delivery's own (its retries, chain and headers) from the task.
@@ -89,6 +103,17 @@ class ScribesTask(Task):  # type: ignore[misc]
             except Ignore:
                 outcome = "skipped"
                 raise
+            except REDIS_DOWN as exc:
+                # Redis being away is not this task's fault: back off and run again, never
+                # using up the task's own retries. If the retry cannot be published either,
+                # the message stays unacknowledged and the broker hands it back.
+                outcome = "retried"
+                log.warning("Redis unreachable (%s); retrying %s", exc, self.name)
+                raise self.retry(
+                    exc=exc,
+                    countdown=min(30.0, 2.0 ** min(self.request.retries, 5)),
+                    max_retries=self.request.retries + 1,
+                ) from exc
             finally:
                 self._report(
                     TaskTiming(self.name, self._queue(), outcome, wait_s, time.time() - started)
@@ -130,12 +155,39 @@ class ScribesTask(Task):  # type: ignore[misc]
             except Exception:  # an observer must never fail the task it watches
                 log.exception("task timing observer failed")
 
+    def _poisoned(self, kwargs: Any) -> bool:
+        """True when this message has already been delivered `MAX_DELIVERIES` times without
+        finishing (each time its worker died, or was killed for its memory): it is given up
+        as failed instead of taking the next worker down too."""
+        if not (self.request.delivery_info or {}).get("redelivered"):
+            return False
+        try:
+            runs = process_services().jobs.count_delivery(
+                f"{self.request.id}:{self.request.retries}"
+            )
+        except REDIS_DOWN:
+            return False
+        if runs < MAX_DELIVERIES:
+            return False
+        self._give_up(
+            kwargs,
+            Failure(
+                "poison",
+                f"its worker died {runs} times while handling it; it is not tried again",
+            ),
+        )
+        return True
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """The task gave up: say so on the job or document, or it stays queued for ever."""
+        if isinstance(exc, REDIS_DOWN):
+            return  # the message comes back (see __call__); the job is not failed for it
+        self._give_up(kwargs, failure_of(exc))
+
+    def _give_up(self, kwargs: Any, failure: Failure) -> None:
         ids = self._ids(kwargs)
-        failure = failure_of(exc)
         services = process_services()
         with bound_ids(ids):
             if ids.job_id is not None:
@@ -150,9 +202,30 @@ class ScribesTask(Task):  # type: ignore[misc]
 
 
 def scribes_task(
-    name: TaskName, *, soft_time_limit: int, time_limit: int, max_retries: int | None = 3
+    name: TaskName,
+    *,
+    soft_time_limit: int,
+    time_limit: int,
+    max_retries: int | None = 3,
+    retry_errors: bool = False,
 ) -> Callable[[Callable[..., None]], Any]:
-    """Register a thin wrapper as the task `name`, bound, on `ScribesTask`, with its limits."""
+    """Register a thin wrapper as the task `name`, bound, on `ScribesTask`, with its limits.
+
+    `retry_errors`: retry an unexpected error `max_retries` times with backoff and jitter
+    (2, 4, 8 s …) before giving up, each time at the back of the queue, so that one bad
+    document never holds up the ones behind it.
+    """
+    retrying: dict[str, Any] = (
+        {
+            "autoretry_for": (Exception,),
+            "dont_autoretry_for": (*REDIS_DOWN, SoftTimeLimitExceeded),
+            "retry_backoff": 2,
+            "retry_backoff_max": 60,
+            "retry_jitter": True,
+        }
+        if retry_errors
+        else {}
+    )
     decorator: Callable[[Callable[..., None]], Any] = shared_task(
         name=name.value,
         bind=True,
@@ -160,6 +233,7 @@ def scribes_task(
         soft_time_limit=soft_time_limit,
         time_limit=time_limit,
         max_retries=max_retries,
+        **retrying,
     )
     return decorator
 

@@ -74,7 +74,7 @@ def stage_revision(
     return True
 
 
-@scribes_task(TaskName.INDEX_DOCUMENT, soft_time_limit=600, time_limit=660)
+@scribes_task(TaskName.INDEX_DOCUMENT, soft_time_limit=600, time_limit=660, retry_errors=True)
 def index_document(self: ScribesTask, *, tenant: str, document_id: str, revision: int) -> None:
     services = process_services()
     settings = services.settings

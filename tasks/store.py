@@ -61,7 +61,7 @@ def purge_revisions(
         )
 
 
-@scribes_task(TaskName.STORE_UPSERT, soft_time_limit=120, time_limit=150)
+@scribes_task(TaskName.STORE_UPSERT, soft_time_limit=120, time_limit=150, retry_errors=True)
 def store_upsert(self: ScribesTask, *, tenant: str, document_id: str, revision: int) -> None:
     services = process_services()
     apply_staged(
@@ -74,7 +74,7 @@ def store_upsert(self: ScribesTask, *, tenant: str, document_id: str, revision: 
     )
 
 
-@scribes_task(TaskName.STORE_PURGE, soft_time_limit=120, time_limit=150)
+@scribes_task(TaskName.STORE_PURGE, soft_time_limit=120, time_limit=150, retry_errors=True)
 def store_purge(self: ScribesTask, *, tenant: str, document_id: str, up_to_revision: int) -> None:
     services = process_services()
     purge_revisions(

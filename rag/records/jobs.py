@@ -12,7 +12,7 @@ from typing import Any
 
 from redis import Redis
 
-from rag.keys import job_key
+from rag.keys import delivery_count_key, job_key
 from rag.types import Answer, Failure, Passage, Usage
 
 __all__ = [
@@ -286,6 +286,15 @@ class JobStore:
         if passages is not None:
             fields["passages"] = json.dumps([passage.to_json() for passage in passages])
         return self._move(job_id, stage, fields)
+
+    def count_delivery(self, message: str) -> int:
+        """How many times this message has been delivered to a worker (kept a day)."""
+        key = delivery_count_key(message)
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 86_400)
+            runs: int = pipe.execute()[0]
+        return runs
 
     def count_llm_failure(self, job_id: str) -> int:
         """One more transient model failure for this job; how many it has had."""

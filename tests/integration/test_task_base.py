@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -119,8 +118,8 @@ def test_a_question_task_that_gives_up_fails_its_job_with_a_reason(
     assert ids == f" job={job_id} tenant={TENANT} request=req-7"
 
 
-def test_an_index_task_that_gives_up_fails_its_document(
-    services: Services, timings: list[TaskTiming], tmp_path: Path
+def test_an_index_task_is_retried_then_fails_its_document_with_the_reason(
+    services: Services, timings: list[TaskTiming]
 ) -> None:
     record = services.documents.submit(
         tenant=TENANT, document_id="broken", title="Broken", text="words", metadata={}
@@ -129,9 +128,10 @@ def test_an_index_task_that_gives_up_fails_its_document(
     index_document.apply_async(
         kwargs={"tenant": TENANT, "document_id": "broken", "revision": record.revision}
     )
-    [timing] = wait_for(timings, "scribes.index.document")
+    runs = wait_for(timings, "scribes.index.document", count=4)
     failed = services.documents.get(TENANT, "broken")
-    assert timing.outcome == "failed"
+    # Three retries with backoff, then it gives up and says why.
+    assert [t.outcome for t in runs] == ["retried", "retried", "retried", "failed"]
     assert failed is not None and failed.status is DocumentStatus.FAILED
     assert failed.error is not None and failed.error.code == "internal_error"
     assert "JSONDecodeError" in failed.error.message
