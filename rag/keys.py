@@ -8,6 +8,7 @@ import re
 __all__ = [
     "DOCUMENT_ID_PATTERN",
     "TENANT_PATTERN",
+    "active_jobs_key",
     "answer_cache_key",
     "answer_cache_prefix",
     "breaker_events_key",
@@ -23,6 +24,7 @@ __all__ = [
     "pending_questions_key",
     "pool_heartbeat_key",
     "staged_chunks_key",
+    "sweep_lock_key",
     "vector_store_health_key",
 ]
 
@@ -107,3 +109,12 @@ def breaker_events_key(dependency: str) -> str:
 
 def delivery_count_key(message: str) -> str:
     return f"{_PREFIX}:deliveries:{message}"
+
+
+def active_jobs_key() -> str:
+    # Unfinished job ids scored by their last progress, for the stall sweep.
+    return f"{_PREFIX}:jobs:active"
+
+
+def sweep_lock_key() -> str:
+    return f"{_PREFIX}:jobs:sweep"

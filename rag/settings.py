@@ -76,6 +76,10 @@ class Settings(BaseSettings):
 
     job_ttl_s: int = Field(86_400, ge=60, alias="SCRIBES_JOB_TTL_S")
     job_deadline_s: int = Field(300, ge=5, alias="SCRIBES_JOB_DEADLINE_S")
+    # A job whose record has not moved for this long is enqueued again from its stage: the
+    # backstop for a message lost outright. Above the longest model call, so that a slow
+    # answer is not mistaken for a lost one.
+    stall_s: float = Field(90.0, ge=10, alias="SCRIBES_STALL_S")
     answer_cache_ttl_s: int = Field(86_400, ge=1, alias="SCRIBES_ANSWER_CACHE_TTL_S")
     # Short, because every worker renews the messages it holds (workers.leases): a dead
     # worker's messages come back after this plus the 5 s restore interval.

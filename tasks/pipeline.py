@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import chain
 
 from rag.records.documents import DocumentRecord, DocumentRegistry
+from rag.records.jobs import JobStore, Stage
 from rag.records.pending import PendingQuestions
 from tasks.app import app
 from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER
@@ -17,10 +20,22 @@ from tasks.index import index_document
 from tasks.retrieve import retrieve_context
 from tasks.store import store_purge
 
-__all__ = ["broker_answers", "enqueue_document", "enqueue_purge", "enqueue_question"]
+__all__ = [
+    "broker_answers",
+    "enqueue_document",
+    "enqueue_purge",
+    "enqueue_question",
+    "requeue_stalled",
+]
+
+log = logging.getLogger(__name__)
 
 # Index work may wait behind a large batch; it is never worth dropping.
 INDEX_EXPIRES = timedelta(days=1)
+
+
+_STEPS = (embed_query, retrieve_context, generate_answer)
+_FIRST_STEP = {Stage.QUEUED: 0, Stage.EMBED: 0, Stage.RETRIEVE: 1, Stage.GENERATE: 2}
 
 
 def enqueue_question(
@@ -33,16 +48,50 @@ def enqueue_question(
 ) -> None:
     """embed → retrieve → generate; a step not started by the deadline is dropped."""
     pending.add(job_id)
+    _enqueue_steps(
+        job_id,
+        Stage.QUEUED,
+        tenant=tenant,
+        request_id=request_id,
+        expires=datetime.now(UTC) + timedelta(seconds=deadline_s),
+    )
+
+
+def _enqueue_steps(
+    job_id: str, stage: Stage, *, tenant: str, request_id: str | None, expires: datetime
+) -> None:
     options: dict[str, Any] = {
-        "expires": datetime.now(UTC) + timedelta(seconds=deadline_s),
+        "expires": expires,
         # Read by every task's log lines (tasks.context); never by the work itself.
         "headers": {TENANT_HEADER: tenant, REQUEST_ID_HEADER: request_id},
     }
-    chain(
-        embed_query.si(job_id=job_id).set(**options),
-        retrieve_context.si(job_id=job_id).set(**options),
-        generate_answer.si(job_id=job_id).set(**options),
-    ).apply_async()
+    steps = _STEPS[_FIRST_STEP[stage] :]
+    chain(*(step.si(job_id=job_id).set(**options) for step in steps)).apply_async()
+
+
+def requeue_stalled(jobs: JobStore, *, stall_s: float, deadline_s: int) -> list[str]:
+    """Enqueue again, from its stage, every job whose record has not moved for `stall_s`.
+
+    The backstop for a message lost outright (kombu's Redis transport takes a message with
+    BRPOP before it records it as unacknowledged: a worker killed in between loses it).
+    Running a stage twice is safe: the record moves forward only, and a model call is
+    never made twice at once for one job.
+    """
+    now = time.time()
+    requeued: list[str] = []
+    for job_id in jobs.stalled(quiet_since=now - stall_s):
+        job = jobs.get(job_id)
+        if job is None or job.finished or now - job.created_at > deadline_s:
+            jobs.forget(job_id)  # nothing to do, or the next poll fails it
+            continue
+        expires = datetime.fromtimestamp(job.created_at + deadline_s, UTC)
+        _enqueue_steps(
+            job_id, job.stage, tenant=job.tenant, request_id=job.request_id, expires=expires
+        )
+        jobs.touch(job_id)
+        log.warning("job %s made no progress at stage %s; enqueued it again", job_id, job.stage)
+        requeued.append(job_id)
+    return requeued
 
 
 def enqueue_document(

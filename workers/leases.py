@@ -50,7 +50,8 @@ class MessageLeases:
 
     def hold(self, request: Any) -> None:
         """Track a request the worker has just received (celery's `task_received`)."""
-        tag = (getattr(request, "delivery_info", None) or {}).get("delivery_tag")
+        # The request's own delivery_info has no tag; its kombu message does.
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag:
             with self._lock:
                 self._held[str(tag)] = (request, time.monotonic())

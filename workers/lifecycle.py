@@ -11,8 +11,10 @@ from typing import Any
 from celery.signals import task_received, worker_process_init, worker_ready, worker_shutdown
 from redis import Redis
 
+from rag.keys import sweep_lock_key
 from rag.records.heartbeats import HEARTBEAT_INTERVAL_S
 from rag.services import process_services
+from tasks.pipeline import requeue_stalled
 from workers.leases import MessageLeases, uses_redis_broker
 from workers.pools import POOLS, PoolSpec
 
@@ -92,12 +94,20 @@ def _on_shutdown(**_: Any) -> None:
 
 
 def _heartbeat(spec: PoolSpec, hostname: str) -> None:
-    """Say this pool is alive (and, for the store's owner, that the store answers)."""
+    """Say this pool is alive (and, for the store's owner, that the store answers); and,
+    in whichever worker holds the sweep's lock this round, enqueue stalled jobs again."""
     services = process_services()
+    settings = services.settings
     while not _stop.is_set():
         try:
             points = services.vector_store().count() if spec.owns_vector_store else None
             services.heartbeats.beat(spec.name, hostname, store_points=points)
+            if services.redis.set(
+                sweep_lock_key(), hostname, nx=True, ex=int(HEARTBEAT_INTERVAL_S)
+            ):
+                requeue_stalled(
+                    services.jobs, stall_s=settings.stall_s, deadline_s=settings.job_deadline_s
+                )
         except Exception:  # a missed beat is reported by its absence; keep beating
             log.exception("heartbeat failed")
         _stop.wait(HEARTBEAT_INTERVAL_S)

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis import Redis
 
-from rag.keys import delivery_count_key, job_key
+from rag.keys import active_jobs_key, delivery_count_key, job_key
 from rag.types import Answer, Failure, Passage, Usage
 
 __all__ = [
@@ -61,14 +61,21 @@ _STAGE_ORDER = (Stage.QUEUED, Stage.EMBED, Stage.RETRIEVE, Stage.GENERATE, Stage
 
 # Moves a job forward only: a redelivered task may repeat its own stage, never go back,
 # and nothing changes a finished job. One round trip, atomic.
+# KEYS: the record, the active-jobs index. ARGV: rank, ttl, now, job id, then field pairs.
 _ADVANCE = f"""
 local rank = redis.call('HGET', KEYS[1], 'stage_rank')
 if not rank then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if {lua_is_finished("status")} then return 0 end
 if tonumber(ARGV[1]) < tonumber(rank) then return 0 end
-redis.call('HSET', KEYS[1], 'stage_rank', ARGV[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'stage_rank', ARGV[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+status = redis.call('HGET', KEYS[1], 'status')
+if {lua_is_finished("status")} then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+end
 return 1
 """
 
@@ -260,6 +267,8 @@ class JobStore:
         with self._redis.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self._ttl_s)
+            if not record.finished:
+                pipe.zadd(active_jobs_key(), {record.id: record.created_at})
             pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -353,10 +362,25 @@ class JobStore:
         return self._move(job_id, Stage.DONE, fields)
 
     def _move(self, job_id: str, stage: Stage, fields: dict[str, str | int | float]) -> bool:
-        args: list[str | int | float] = [stage.rank, self._ttl_s]
+        args: list[str | int | float] = [stage.rank, self._ttl_s, time.time(), job_id]
         for name, value in fields.items():
             args.extend((name, value))
-        return bool(self._advance(keys=[job_key(job_id)], args=args))
+        return bool(self._advance(keys=[job_key(job_id), active_jobs_key()], args=args))
+
+    def stalled(self, *, quiet_since: float, limit: int = 100) -> list[str]:
+        """Unfinished jobs whose record has not moved since `quiet_since`, oldest first."""
+        found: list[str] = self._redis.zrangebyscore(
+            active_jobs_key(), "-inf", quiet_since, start=0, num=limit
+        )  # type: ignore[assignment]
+        return found
+
+    def touch(self, job_id: str) -> None:
+        """Count now as progress for the stall sweep (it has just been enqueued again)."""
+        self._redis.zadd(active_jobs_key(), {job_id: time.time()}, xx=True)
+
+    def forget(self, job_id: str) -> None:
+        """Take a job the sweep need not watch (finished, gone, past its deadline) off it."""
+        self._redis.zrem(active_jobs_key(), job_id)
 
 
 def _answer_fields(answer: Answer) -> dict[str, str | int | float]:

@@ -135,3 +135,38 @@ def test_an_index_task_is_retried_then_fails_its_document_with_the_reason(
     assert failed is not None and failed.status is DocumentStatus.FAILED
     assert failed.error is not None and failed.error.code == "internal_error"
     assert "JSONDecodeError" in failed.error.message
+
+
+def test_the_sweep_enqueues_a_stalled_job_again_from_its_stage(
+    services: Services, timings: list[TaskTiming]
+) -> None:
+    from rag.records.jobs import Stage
+    from rag.types import Answer
+    from tasks.pipeline import requeue_stalled
+
+    jobs, client = services.jobs, services.redis
+    stuck, done, expired = (new_job_id() for _ in range(3))
+    for job_id in (stuck, done, expired):
+        jobs.create(
+            job_id=job_id,
+            tenant=TENANT,
+            question="q?",
+            top_k=3,
+            corpus_version=0,
+            answer_cache_key="k",
+        )
+    jobs.start_stage(stuck, Stage.GENERATE)  # its generate message was then lost
+    jobs.succeed(done, Answer("yes"), last_stage=Stage.GENERATE)
+    client.hset(f"scribes:job:{expired}", "created_at", time.time() - 3600)
+    before = client.llen("generate") + client.llen("embed")
+
+    assert requeue_stalled(jobs, stall_s=60, deadline_s=300) == []  # nothing quiet for 60 s
+    requeued = requeue_stalled(jobs, stall_s=0, deadline_s=300)
+
+    assert requeued == [stuck]
+    # Its own stage again, not the whole chain; the expired one is left to fail on its poll.
+    assert client.llen("generate") + client.llen("embed") == before + 1
+    assert client.llen("generate") >= 1
+    assert jobs.stalled(quiet_since=time.time()) == [stuck]  # still watched, clock reset
+    assert requeue_stalled(jobs, stall_s=30, deadline_s=300) == []
+    client.delete("generate")
