@@ -19,7 +19,7 @@ from scribes.notefiles import collect_note_files, read_note
 from workers.pools import POOLS, worker_command
 
 if TYPE_CHECKING:
-    from scribes.supervisor import Supervisor
+    from scribes.supervisor import FlowerAuth, Supervisor
 
 __all__ = ["main"]
 
@@ -63,6 +63,12 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API binds.")
 @click.option("--port", default=8000, show_default=True, help="API port.")
+@click.option(
+    "--flower-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address Flower binds, whatever --host is; it asks for a login either way.",
+)
 @click.option("--flower-port", default=5555, show_default=True, help="Flower port; 0 for none.")
 @click.option(
     "--samples/--no-samples",
@@ -75,20 +81,32 @@ def main() -> None:
 def up(
     host: str,
     port: int,
+    flower_host: str,
     flower_port: int,
     samples: bool,
     question: str | None,
     ready_timeout: float,
 ) -> None:
-    """Start Redis (if none answers), the four worker pools, the API and Flower."""
-    from scribes.supervisor import Supervisor
+    """Start Redis (if none answers), the four worker pools, the API and Flower.
+
+    A process that exits is restarted, after 1 s, 2 s, 4 s … up to 30 s; one that exits
+    5 times within 60 s stops everything. Ctrl-C stops everything, letting running tasks
+    finish for a while first; Ctrl-C again stops at once.
+    """
+    from scribes.supervisor import Supervisor, flower_login
 
     settings = _settings()
+    try:
+        login = flower_login(settings) if flower_port else None
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
     supervisor = Supervisor(
         settings,
         port=port,
         host=host,
         flower_port=flower_port or None,
+        flower_host=flower_host,
+        flower_auth=login,
         log=lambda line: click.echo(f"scribes: {line}"),
     )
 
@@ -101,34 +119,45 @@ def up(
         api_url = f"http://{host}:{port}"
         with ScribesClient(api_url) as client:
             _wait_ready(client, supervisor, ready_timeout)
+            supervisor.supervise_in_background()
             click.echo(f"scribes: API {api_url}  (logs in {settings.data_dir / 'logs'})")
-            if flower_port:
-                click.echo(f"scribes: Flower http://{host}:{flower_port}")
+            if login is not None:
+                click.echo(f"scribes: Flower http://{flower_host}:{flower_port}  ({_login(login)})")
             if samples:
                 _ingest_samples_once(settings, supervisor.redis_url)
             if question:
                 _print_answer(_ask(settings, api_url, question), False)
         click.echo("scribes: ready; press Ctrl-C to stop")
-        while True:
-            dead = supervisor.dead_child()
-            if dead:
-                _fail(f"{dead}; see {settings.data_dir / 'logs'}; stopping everything")
-            time.sleep(1)
+        while supervisor.gave_up is None:
+            time.sleep(0.5)
+        _fail(f"{supervisor.gave_up}; stopping everything")
     except KeyboardInterrupt:
-        click.echo("scribes: stopping")
+        click.echo("scribes: stopping; running tasks get time to finish (Ctrl-C again: at once)")
     except RuntimeError as exc:
         _fail(str(exc))
     finally:
         supervisor.stop()
 
 
+def _login(login: FlowerAuth) -> str:
+    """How to log in to Flower, with the password only the time it was made."""
+    if login.file is None:
+        return "login from SCRIBES_FLOWER_AUTH"
+    if login.generated:
+        return (
+            f"user {login.user}, password {login.password.get_secret_value()}; kept in {login.file}"
+        )
+    return f"user {login.user}; password in {login.file}"
+
+
 def _wait_ready(client: ScribesClient, supervisor: Supervisor, timeout_s: float) -> None:
+    """Wait for the API and every pool; a child that exits before then is a fault at once."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         dead = supervisor.dead_child()
         if dead:
-            raise RuntimeError(f"{dead} during start-up; see the logs")
+            raise RuntimeError(f"{dead} during start-up; see {supervisor.logs}")
         try:
             client.ready()
             missing = supervisor.not_yet_up()
@@ -197,11 +226,14 @@ def _ask(settings: Settings, api_url: str, question: str) -> dict[str, Any]:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(pool: str, concurrency: int | None, loglevel: str) -> None:
     """Start one worker pool: embed, retrieve, generate or index."""
+    from scribes.supervisor import SOFT_SHUTDOWN_ON_SIGTERM
+
     _settings()
     spec = POOLS[pool]
     command = worker_command(spec, concurrency=concurrency, loglevel=loglevel)
     env = {
         **os.environ,
+        **SOFT_SHUTDOWN_ON_SIGTERM,
         "SCRIBES_WORKER_POOL": pool,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
