@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,12 +25,27 @@ SCRIBES = [sys.executable, "-m", "scribes.cli"]
 QUESTION = "Why was it undignified for the father to run to the prodigal son?"
 
 
+def _api_host() -> str:
+    """Another loopback address for the API where there is one (Linux: all of 127/8), so
+    that Flower staying on 127.0.0.1 shows it does not follow `--host`."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.2", 0))
+        except OSError:
+            return "127.0.0.1"
+    return "127.0.0.2"
+
+
+API_HOST = _api_host()
+
+
 @dataclass
 class RunningUp:
     process: subprocess.Popen[str]
     api_url: str
     flower_url: str
     env: dict[str, str]
+    data_dir: Path
     lines: list[str] = field(default_factory=list)
 
     def output(self) -> str:
@@ -56,13 +73,15 @@ def scribes_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUp]:
         env.update(
             REDIS_URL=redis_server.url,
             SCRIBES_DATA_DIR=str(base / "data"),
-            SCRIBES_API_URL=f"http://127.0.0.1:{port}",
+            SCRIBES_API_URL=f"http://{API_HOST}:{port}",
             HF_HUB_OFFLINE="1",
         )
         process = subprocess.Popen(
             [
                 *SCRIBES,
                 "up",
+                "--host",
+                API_HOST,
                 "--port",
                 str(port),
                 "--flower-port",
@@ -76,7 +95,11 @@ def scribes_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUp]:
             text=True,
         )
         running = RunningUp(
-            process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}", env
+            process,
+            f"http://{API_HOST}:{port}",
+            f"http://127.0.0.1:{flower_port}",
+            env,
+            base / "data",
         )
         ready = threading.Event()
 
@@ -108,7 +131,7 @@ def test_up_ingests_the_samples_and_answers_the_first_question(scribes_up: Runni
     assert "undignified" in output
 
 
-def test_flower_and_readiness_answer(scribes_up: RunningUp) -> None:
+def test_readiness_and_status_answer(scribes_up: RunningUp) -> None:
     assert httpx.get(f"{scribes_up.api_url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{scribes_up.api_url}/readyz").json()
     # Readiness is the API's own: Redis and the broker, never the pools.
@@ -118,9 +141,63 @@ def test_flower_and_readiness_answer(scribes_up: RunningUp) -> None:
     assert {"pool:embed", "pool:retrieve", "pool:generate", "pool:index", "vector_store"} <= set(
         status["checks"]
     )
-    assert httpx.get(scribes_up.flower_url, follow_redirects=True, timeout=10).status_code == 200
     printed = _scribes("status", env=scribes_up.env)
     assert printed.returncode == 0 and "ok   pool:embed (1 processes)" in printed.stdout
+
+
+def test_flower_asks_for_the_login_it_generated_and_printed_once(scribes_up: RunningUp) -> None:
+    saved = scribes_up.data_dir / "flower-auth"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    user, password = saved.read_text().strip().split(":", 1)
+    assert user == "scribes" and len(password) >= 32
+    assert httpx.get(scribes_up.flower_url, timeout=10).status_code == 401
+    wrong = httpx.get(scribes_up.flower_url, auth=(user, password[:-1] + "?"), timeout=10)
+    assert wrong.status_code == 401
+    right = httpx.get(
+        scribes_up.flower_url, auth=(user, password), follow_redirects=True, timeout=10
+    )
+    assert right.status_code == 200 and "Flower" in right.text
+
+    output = scribes_up.output()
+    assert output.count(password) == 1
+    assert (
+        f"scribes: Flower {scribes_up.flower_url}  (user scribes, password {password}; "
+        f"kept in {saved})" in output
+    )
+    # Nowhere else: no log, no command line that `ps` shows to every local user.
+    for log in (scribes_up.data_dir / "logs").iterdir():
+        assert password not in log.read_text(errors="replace"), log
+    for child in psutil.Process(scribes_up.process.pid).children(recursive=True):
+        assert password not in " ".join(child.cmdline())
+
+
+def test_flower_binds_loopback_whatever_the_api_host_is(scribes_up: RunningUp) -> None:
+    if API_HOST == "127.0.0.1":
+        pytest.skip("no second loopback address here")
+    assert httpx.get(f"{scribes_up.api_url}/healthz").status_code == 200
+    flower_port = scribes_up.flower_url.rsplit(":", 1)[1]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://{API_HOST}:{flower_port}/", timeout=2)
+
+
+def test_up_refuses_a_malformed_flower_login_before_starting_anything(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ANTHROPIC_", "SCRIBES_"))
+    }
+    env.update(
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        SCRIBES_DATA_DIR=str(tmp_path / "data"),
+        SCRIBES_FLOWER_AUTH="opsWithoutColon",
+    )
+    done = _scribes("up", "--port", str(free_port()), env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "scribes: SCRIBES_FLOWER_AUTH is not of the form user:password (with no comma)\n"
+    )
+    assert "opsWithoutColon" not in done.stdout + done.stderr
+    assert not (tmp_path / "data" / "redis").exists()
 
 
 def test_ask_prints_answer_and_sources(scribes_up: RunningUp) -> None:
@@ -161,6 +238,41 @@ def test_ingest_takes_folders_and_reports_bad_files(scribes_up: RunningUp, tmp_p
     assert missing.stderr.strip() == f"scribes: {tmp_path / 'nowhere'}: no such file or folder"
 
 
+def test_a_killed_pool_is_restarted_and_questions_are_answered_again(
+    scribes_up: RunningUp,
+) -> None:
+    def generate_pool() -> psutil.Process | None:
+        for child in psutil.Process(scribes_up.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # the killed one, until it is reaped
+                if "generate@%h" in child.cmdline():
+                    return child
+        return None
+
+    killed = generate_pool()
+    assert killed is not None
+    logs = scribes_up.data_dir / "logs"
+    expected = f"scribes: pool:generate killed by SIGKILL; restart 1 in 1 s; log {logs}"
+    os.killpg(killed.pid, signal.SIGKILL)
+    started = time.monotonic()
+    deadline = started + 30
+    while (again := generate_pool()) is None or again.pid == killed.pid:
+        assert time.monotonic() < deadline, scribes_up.output()
+        time.sleep(0.1)
+    restarted_after = time.monotonic() - started
+
+    done = _scribes("ask", "What did the widow put into the temple treasury?", env=scribes_up.env)
+    answered_after = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "Sources:" in done.stdout
+    # Answered by the pool started again, whose log follows the dead one's.
+    second_life = (logs / "pool-generate.log").read_text().rsplit(" ready.", 1)[1]
+    assert "scribes.generate.answer[" in second_life and "succeeded" in second_life
+    assert f"{expected}/pool-generate.log\n" in scribes_up.output()
+    assert "stopping everything" not in scribes_up.output()
+    assert 1.0 <= restarted_after < 5, restarted_after
+    print(f"restarted after {restarted_after:.1f} s, answered after {answered_after:.1f} s")
+
+
 def test_ctrl_c_stops_everything_it_started(scribes_up: RunningUp) -> None:
     parent = psutil.Process(scribes_up.process.pid)
     started = parent.children(recursive=True)
@@ -172,3 +284,9 @@ def test_ctrl_c_stops_everything_it_started(scribes_up: RunningUp) -> None:
     time.sleep(0.2)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{scribes_up.api_url}/healthz", timeout=2)
+    # SIGTERM is the workers' soft shutdown (REMAP_SIGTERM=SIGQUIT), not a warm one that
+    # would wait for running tasks without limit.
+    for pool in ("embed", "index", "retrieve", "generate"):
+        log = (scribes_up.data_dir / "logs" / f"pool-{pool}.log").read_text()
+        assert "worker: Cold shutdown (MainProcess)" in log, pool
+        assert "Warm shutdown" not in log, pool
