@@ -58,3 +58,8 @@ worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True
 worker_cancel_long_running_tasks_on_connection_loss = True
+# SIGTERM is a soft shutdown (scribes sets REMAP_SIGTERM=SIGQUIT): running tasks get this
+# long to finish, then the rest are cancelled and handed back to the broker at once. Celery
+# waits all of it whenever a task was running, so it is short; the supervisor, systemd or
+# Kubernetes allows 45 s before SIGKILL.
+worker_soft_shutdown_timeout = 10.0

@@ -1,0 +1,91 @@
+"""Redis killed (-9) and started again mid-load, on its append-only file: every accepted job
+ends well, no indexed document is lost, and the workers and the API reconnect by themselves."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scribes.supervisor import LocalRedis, free_port
+from tests.cluster import Cluster, running_cluster
+from tests.integration.test_question_path import MUSTARD, ingest, wait_job
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path / "redis", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cluster_on_own_redis(tmp_path: Path, own_redis: LocalRedis) -> Iterator[Cluster]:
+    with running_cluster(tmp_path / "data", own_redis.url, {}) as cluster:
+        yield cluster
+
+
+def test_a_redis_restart_mid_load_loses_no_accepted_job(
+    cluster_on_own_redis: Cluster, own_redis: LocalRedis
+) -> None:
+    cluster = cluster_on_own_redis
+    pids = {name: process.pid for name, process in cluster.supervisor.children.items()}
+    with cluster.client() as http:
+        ingest(http, "mustard", "Mustard seed", MUSTARD)
+    accepted: list[str] = []
+    refused: list[int] = []
+    stop = threading.Event()
+    tag = uuid.uuid4().int % 100_000
+
+    def ask(client_index: int) -> None:
+        with httpx.Client(base_url=cluster.api_url, timeout=10) as http:
+            n = client_index
+            while not stop.is_set():
+                question = f"How many mustard seeds were in the jar, asked {tag + n}?"
+                try:
+                    response = http.post("/v1/questions", json={"question": question})
+                except httpx.TransportError:
+                    continue
+                if response.status_code == 202:
+                    accepted.append(response.json()["id"])
+                else:
+                    refused.append(response.status_code)
+                n += 4
+                stop.wait(0.05)
+
+    askers = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for thread in askers:
+        thread.start()
+    try:
+        time.sleep(2)
+        assert own_redis.process is not None
+        own_redis.process.kill()  # kill -9: no chance to save anything on the way out
+        own_redis.process.wait()
+        time.sleep(2)
+        # The same port, folder and append-only file, as a supervisor or systemd restarts it.
+        own_redis.start()
+        time.sleep(3)
+    finally:
+        stop.set()
+        for thread in askers:
+            thread.join()
+
+    with cluster.client() as http:
+        finished = [wait_job(http, job_id, timeout_s=180) for job_id in accepted]
+        documents = http.get("/v1/documents").json()["documents"]
+    assert len(accepted) > 20 and refused  # load on both sides of the outage
+    assert set(refused) <= {503}
+    bad = [(job["status"], job["error"]) for job in finished if job["status"] != "succeeded"]
+    assert not bad, bad
+    assert [d["id"] for d in documents if d["status"] == "indexed"] == ["mustard"]
+    # Nothing was restarted: every worker and the API reconnected on its own.
+    assert {name: p.pid for name, p in cluster.supervisor.children.items()} == pids
+    assert cluster.supervisor.dead_child() is None
