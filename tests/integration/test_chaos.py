@@ -172,8 +172,10 @@ def test_a_task_running_past_the_visibility_timeout_is_not_handed_back(
             ages: list[float] = []
             for _ in range(visibility_s + 4):
                 time.sleep(1)
-                held = broker.zrange("unacked_index", 0, -1, withscores=True)
-                ages.append(max((time.time() - float(score) for _, score in held), default=0.0))
+                scores: list[tuple[str, float]] = broker.zrange(
+                    "unacked_index", 0, -1, withscores=True
+                )  # type: ignore[assignment]
+                ages.append(max((time.time() - score for _, score in scores), default=0.0))
         finally:
             fake_llm.delay(0)
         job = wait_job(alice, job_id, timeout_s=60)
