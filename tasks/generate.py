@@ -21,7 +21,7 @@ from celery.exceptions import Ignore
 from redis import RedisError
 
 from rag.answering import compose_answer
-from rag.breaker import Breaker, BreakerState, Permit
+from rag.breaker import Breaker, BreakerState
 from rag.caches.answers import AnswerCache
 from rag.records.jobs import JobRecord, JobStore, Stage
 from rag.services import process_services
@@ -64,7 +64,6 @@ def write_answer(
     answers: AnswerCache,
     breaker: Breaker | None = None,
     fallback: AnswerWriter | None = None,
-    call_timeout_s: float = 60.0,
 ) -> bool:
     """Write, finish and cache the job's answer; False when the job is not ours to move.
 
@@ -79,38 +78,33 @@ def write_answer(
     if breaker is None:
         answer = compose_answer(job.question, job.passages, writer)
     else:
+        answer = _guarded_answer(job, jobs=jobs, writer=writer, breaker=breaker, fallback=fallback)
+    if jobs.succeed(job_id, answer, last_stage=Stage.GENERATE) and answer.cacheable:
+        answers.put(job.answer_cache_key, answer)
+    return True
+
+
+def _guarded_answer(
+    job: JobRecord,
+    *,
+    jobs: JobStore,
+    writer: AnswerWriter,
+    breaker: Breaker,
+    fallback: AnswerWriter | None,
+) -> Answer:
+    """The answer from one model call under the job's call claim and the breaker's permit.
+
+    The claim comes first: a probe permit taken by a delivery that then stood aside would
+    hold the half-open breaker until its lease ran out.
+    """
+    with _claimed_call(jobs, job.id):
         permit = breaker.acquire()
         if not permit.allowed:
             if fallback is None:
                 raise CircuitOpen(permit.retry_at, "the language model's circuit is open")
             # Free and at once, but not what the model would have said: never cached.
             drafted = compose_answer(job.question, job.passages, fallback)
-            answer = replace(drafted, degraded=True, usage=Usage())
-        else:
-            answer = _guarded_call(
-                job,
-                jobs=jobs,
-                writer=writer,
-                breaker=breaker,
-                permit=permit,
-                call_timeout_s=call_timeout_s,
-            )
-    if jobs.succeed(job_id, answer, last_stage=Stage.GENERATE) and answer.cacheable:
-        answers.put(job.answer_cache_key, answer)
-    return True
-
-
-def _guarded_call(
-    job: JobRecord,
-    *,
-    jobs: JobStore,
-    writer: AnswerWriter,
-    breaker: Breaker,
-    permit: Permit,
-    call_timeout_s: float,
-) -> Answer:
-    """One model call under the breaker's permit and the job's call claim."""
-    with _claimed_call(jobs, job.id):
+            return replace(drafted, degraded=True, usage=Usage())
         try:
             answer = compose_answer(job.question, job.passages, writer)
         except TransientLLMError as exc:
@@ -170,7 +164,6 @@ def generate_answer(self: ScribesTask, *, job_id: str) -> None:
             answers=services.answers,
             breaker=services.llm_breaker if guarded else None,
             fallback=services.fallback_writer,
-            call_timeout_s=settings.llm_timeout_s,
         )
     except CircuitOpen as exc:
         # A little jitter, so that the jobs waiting on one probe do not all come back at once.
