@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from scribes.supervisor import free_port
+from scribes.localredis import free_port
 
 __all__ = ["BASELINE_PATH", "create_app", "main", "running_baseline_api"]
 

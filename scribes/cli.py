@@ -19,7 +19,8 @@ from scribes.notefiles import collect_note_files, read_note
 from workers.pools import POOLS, worker_command
 
 if TYPE_CHECKING:
-    from scribes.supervisor import FlowerAuth, Supervisor
+    from scribes.flower import FlowerAuth
+    from scribes.supervisor import Supervisor
 
 __all__ = ["main"]
 
@@ -93,7 +94,8 @@ def up(
     5 times within 60 s stops everything. Ctrl-C stops everything, letting running tasks
     finish for a while first; Ctrl-C again stops at once.
     """
-    from scribes.supervisor import Supervisor, flower_login
+    from scribes.flower import flower_login
+    from scribes.supervisor import Supervisor
 
     settings = _settings()
     try:

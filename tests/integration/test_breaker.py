@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from rag.breaker import Breaker, BreakerConfig, BreakerState
-from scribes.supervisor import free_port
+from scribes.localredis import free_port
 
 CONFIG = BreakerConfig(failures=3, failure_ratio=0.5, window_s=30, cooldown_s=2, close_after=2)
 

@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from api_shim.app import create_app
 from api_shim.server import TIMED_PROTOCOL, uvicorn_options
 from rag.settings import Settings
-from scribes.supervisor import free_port
+from scribes.localredis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "key-hardening-0123456789"

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scribes.supervisor import LocalRedis, free_port
+from scribes.localredis import LocalRedis, free_port
 from tests.cluster import Cluster, running_cluster
 from tests.integration.test_question_path import MUSTARD, ingest, wait_job
 

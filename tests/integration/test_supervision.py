@@ -15,14 +15,9 @@ import pytest
 import redis
 
 from rag.settings import ConfigurationError, Settings
-from scribes.supervisor import (
-    CrashLoop,
-    RestartPolicy,
-    Supervisor,
-    flower_login,
-    free_port,
-    redis_answers,
-)
+from scribes.flower import flower_login
+from scribes.localredis import free_port, redis_answers
+from scribes.supervisor import CrashLoop, RestartPolicy, Supervisor
 from tests.cluster import running_redis
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import redis
 
 from rag.settings import Settings
-from scribes.supervisor import Supervisor, free_port, redis_answers
+from scribes.localredis import free_port, redis_answers
+from scribes.supervisor import Supervisor
 
 
 def test_starts_a_persistent_redis_when_none_answers(tmp_path: Path) -> None:
