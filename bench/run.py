@@ -17,9 +17,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.cache import run_cache
+from bench.faults import run_faults
 from bench.inprocess import open_inprocess_pipeline
 from bench.machine import cpu_share, wait_until_quiet
 from bench.notes import bench_notes, unique_questions
@@ -106,6 +108,11 @@ BENCHMARKS: dict[str, Callable[[BenchSystem, BenchSizes, str], BenchResult]] = {
     "pipeline": _pipeline,
     "throughput": _throughput,
 }
+# Benchmarks that start clusters of their own, as they break them on purpose; run only when
+# named with --only, since `faults` takes about 6 minutes.
+SEPARATE: dict[str, Callable[[Path], BenchResult]] = {
+    "faults": run_faults,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Start a whole Scribes system on loopback (its own redis-server, the four "
         "worker pools, the API), ingest the sample notes plus synthetic ones, and run the "
         "benchmarks: cache, pipeline, throughput. Each prints its figures and a ratio against "
-        "a baseline measured in the same run.",
+        "a baseline measured in the same run. `--only faults` (about 6 minutes, never in the "
+        "default set) instead kills a pool and takes the model down on clusters of its own, "
+        "each run with and without the feature that handles the fault.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smaller counts: a smoke run of about a minute"
@@ -122,9 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=sorted(BENCHMARKS),
+        choices=sorted([*BENCHMARKS, *SEPARATE]),
         metavar="NAME",
-        help=f"run only this benchmark (repeatable; one of {', '.join(BENCHMARKS)})",
+        help="run only this benchmark (repeatable; one of "
+        f"{', '.join([*BENCHMARKS, *SEPARATE])}; {', '.join(SEPARATE)} only when named)",
     )
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
     parser.add_argument(
@@ -149,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"other processes now use {quiet.others_share:.0%} of the machine; starting")
     sizes = QUICK if args.quick else FULL
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
+    separate = [name for name in SEPARATE if args.only and name in args.only]
     tag = uuid.uuid4().hex[:6]
     notes = bench_notes(sizes.synthetic_notes)
     results: list[BenchResult] = []
@@ -162,22 +173,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             work_dir = args.work_dir.resolve()
             work_dir.mkdir(parents=True, exist_ok=True)
-        with cpu_share() as setup:
-            system = stack.enter_context(running_system(work_dir, notes))
-        _print_header(system, sizes, quick=args.quick)
-        print(setup.describe())
-        for name in selected:
+        runs: list[tuple[str, Callable[[], BenchResult], Path]] = []
+        if selected:
+            with cpu_share() as setup:
+                system = stack.enter_context(running_system(work_dir, notes))
+            _print_header(system, sizes, quick=args.quick)
+            print(setup.describe())
+            shared_logs = work_dir / "cluster" / "logs"
+            runs += [(n, partial(BENCHMARKS[n], system, sizes, tag), shared_logs) for n in selected]
+        else:
+            _print_platform(quick=args.quick)
+        runs += [(n, partial(SEPARATE[n], work_dir / n), work_dir / n) for n in separate]
+        for name, run, logs in runs:
             try:
                 with cpu_share() as share:
-                    result = BENCHMARKS[name](system, sizes, tag)
+                    result = run()
                 print(share.describe())
                 result.details["machine"] = share.as_dict()
                 results.append(result)
             except Exception as exc:  # one broken benchmark should not hide the others' figures
                 failures[name] = f"{exc.__class__.__name__}: {exc}"
-                print(
-                    f"\n== {name}: FAILED: {failures[name]} (logs: {work_dir / 'cluster' / 'logs'})"
-                )
+                print(f"\n== {name}: FAILED: {failures[name]} (logs: {logs})")
     kind = "quick" if args.quick else "full"
     print()
     print(f"== summary ({kind} run, {time.perf_counter() - started:.0f} s) ==")
@@ -202,13 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def _print_header(system: BenchSystem, sizes: BenchSizes, *, quick: bool) -> None:
-    settings = system.settings
-    samples = len(system.notes) - sizes.synthetic_notes
+def _print_platform(*, quick: bool) -> None:
     print(
         f"Scribes benchmarks ({'quick' if quick else 'full'}): {os.cpu_count()} CPU cores, "
         f"Python {platform.python_version()}, {platform.machine()}"
     )
+
+
+def _print_header(system: BenchSystem, sizes: BenchSizes, *, quick: bool) -> None:
+    settings = system.settings
+    samples = len(system.notes) - sizes.synthetic_notes
+    _print_platform(quick=quick)
     print(
         f"  corpus: {samples} sample + {sizes.synthetic_notes} synthetic notes = "
         f"{system.chunks} chunks, indexed by the cluster in {system.ingest_s:.1f} s"
