@@ -4,9 +4,9 @@ pybreaker and its kin keep the half-open state per process, so with N generate p
 probes would hit a dependency that is down; here one Lua script per operation makes each
 transition a compare-and-set, and exactly one probe is let through across all processes.
 
-- **closed**: calls go through; each outcome is recorded in a rolling window. It opens when
-  the window holds at least `failures` failures and their share of the calls is at least
-  `failure_ratio`.
+- **closed**: calls go through; each outcome is recorded in a rolling window. It opens on
+  `failures` failures in a row, or when the window holds at least `failures` failures that
+  are at least `failure_ratio` of its calls (scattered errors under heavy traffic).
 - **open**: no call goes through until `probe_at`: the cooldown, or the largest
   `retry-after` the dependency asked for, whichever is later.
 - **half-open**: from `probe_at`, one caller gets the probe (a lease, so a prober that dies
@@ -108,7 +108,7 @@ local function open_now()
   redis.call('PERSIST', KEYS[1])
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', tostring(now),
              'probe_at', tostring(now + wait), 'probe_owner', '', 'probe_until', '0',
-             'successes', '0')
+             'successes', '0', 'consecutive', '0')
   return 'open'
 end
 if state == 'half_open' then
@@ -130,7 +130,15 @@ end
 redis.call('ZADD', KEYS[2], now, ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]))
 redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[5])) + 1)
-if ok then return state end
+if ok then
+  redis.call('HDEL', KEYS[1], 'consecutive')
+  return state
+end
+-- A run of failures with no success between them opens it at once: under load the window
+-- holds many successes from before an outage, and the ratio alone would wait them out.
+local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[5])) + 1)
+if consecutive >= tonumber(ARGV[6]) then return open_now() end
 local calls = redis.call('ZCARD', KEYS[2])
 local failed = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do

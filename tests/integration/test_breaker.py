@@ -49,12 +49,23 @@ def test_it_opens_on_enough_failures_and_then_makes_every_process_wait(
     assert not denied.allowed and denied.retry_at == status.next_probe_at
 
 
-def test_a_low_failure_ratio_keeps_it_closed(client: redis.Redis) -> None:
+def test_scattered_failures_under_a_low_ratio_keep_it_closed(client: redis.Redis) -> None:
     breaker = Breaker(client, "llm", CONFIG)
     for _ in range(4):
+        _fail(breaker, 1)  # never two in a row, and a third of the calls
         breaker.succeeded(breaker.acquire())
-    _fail(breaker, 3)  # 3 of 7: under half
-    assert breaker.status().state is BreakerState.CLOSED
+        breaker.succeeded(breaker.acquire())
+    status = breaker.status()
+    assert status.state is BreakerState.CLOSED and status.failures == 4
+
+
+def test_a_run_of_failures_opens_it_after_many_successes(client: redis.Redis) -> None:
+    """A sudden outage under load: the window is full of earlier successes."""
+    breaker = Breaker(client, "llm", CONFIG)
+    for _ in range(50):
+        breaker.succeeded(breaker.acquire())
+    _fail(breaker, CONFIG.failures)
+    assert breaker.status().state is BreakerState.OPEN
 
 
 def test_half_open_lets_exactly_one_probe_through_across_processes(client: redis.Redis) -> None:

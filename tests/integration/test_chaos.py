@@ -16,7 +16,7 @@ import redis
 from rag.settings import Settings
 from tests.cluster import Cluster
 from tests.fake_anthropic import FakeAnthropic
-from tests.integration.conftest import ALICE_KEY
+from tests.integration.conftest import BOB_KEY
 from tests.integration.test_question_path import MUSTARD, ingest, wait_job
 
 CLIENTS = 16
@@ -31,8 +31,8 @@ def test_every_pool_killed_under_load_loses_no_job(
     assert Settings().visibility_timeout_s == 20
     rng = random.Random()
     tag = uuid.uuid4().int % 100_000
-    with cluster.client(ALICE_KEY) as alice:
-        ingest(alice, f"mustard-chaos-{tag}", "Mustard seed", MUSTARD)
+    with cluster.client(BOB_KEY) as bob:
+        ingest(bob, f"mustard-chaos-{tag}", "Mustard seed", MUSTARD)
     fake_llm.delay(0.3)  # so that model calls are in flight when generate dies
     jobs: list[str] = []
     documents: list[str] = []
@@ -40,7 +40,7 @@ def test_every_pool_killed_under_load_loses_no_job(
 
     def ask(client_index: int) -> None:
         with httpx.Client(
-            base_url=cluster.api_url, headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30
+            base_url=cluster.api_url, headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=30
         ) as http:
             for n in range(client_index, QUESTIONS, CLIENTS):
                 question = f"How many mustard seeds were in Pastor Miriam's jar, take {tag + n}?"
@@ -50,7 +50,7 @@ def test_every_pool_killed_under_load_loses_no_job(
                 wait_job(http, response.json()["id"], timeout_s=240)
 
     def write_notes() -> None:
-        with cluster.client(ALICE_KEY) as http:
+        with cluster.client(BOB_KEY) as http:
             for n in range(12):
                 document_id = f"chaos-note-{tag}-{n}"
                 text = f"Chaos note {n}: the usher counted {n * 7} chairs before the vigil. " * 20
@@ -78,12 +78,12 @@ def test_every_pool_killed_under_load_loses_no_job(
         fake_llm.delay(0)
         stop.set()
 
-    with cluster.client(ALICE_KEY) as alice:
-        finished = [wait_job(alice, job_id, timeout_s=60) for job_id in jobs]
+    with cluster.client(BOB_KEY) as bob:
+        finished = [wait_job(bob, job_id, timeout_s=60) for job_id in jobs]
         deadline = time.monotonic() + 120
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            states = {d: alice.get(f"/v1/documents/{d}").json()["status"] for d in documents}
+            states = {d: bob.get(f"/v1/documents/{d}").json()["status"] for d in documents}
             if "queued" not in states.values():
                 break
             time.sleep(0.5)
@@ -101,15 +101,15 @@ def test_a_rolling_restart_under_load_loses_no_job_and_delays_none_past_the_grac
     cluster: Cluster, fake_llm: FakeAnthropic
 ) -> None:
     tag = uuid.uuid4().int % 100_000
-    with cluster.client(ALICE_KEY) as alice:
-        ingest(alice, f"mustard-roll-{tag}", "Mustard seed", MUSTARD)
+    with cluster.client(BOB_KEY) as bob:
+        ingest(bob, f"mustard-roll-{tag}", "Mustard seed", MUSTARD)
     fake_llm.delay(0.3)
     jobs: list[str] = []
     stop = threading.Event()
 
     def ask(client_index: int) -> None:
         with httpx.Client(
-            base_url=cluster.api_url, headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30
+            base_url=cluster.api_url, headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=30
         ) as http:
             n = client_index
             while not stop.is_set():
@@ -143,8 +143,8 @@ def test_a_rolling_restart_under_load_loses_no_job_and_delays_none_past_the_grac
         fake_llm.delay(0)
         stop.set()
 
-    with cluster.client(ALICE_KEY) as alice:
-        finished = [wait_job(alice, job_id, timeout_s=60) for job_id in jobs]
+    with cluster.client(BOB_KEY) as bob:
+        finished = [wait_job(bob, job_id, timeout_s=60) for job_id in jobs]
     assert len(finished) > 20
     assert [job["error"] for job in finished if job["status"] != "succeeded"] == []
     slowest = max(job["timings"]["total"] for job in finished) / 1000
@@ -158,12 +158,12 @@ def test_a_task_running_past_the_visibility_timeout_is_not_handed_back(
     visibility_s = Settings().visibility_timeout_s
     broker = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
     redelivered_before = set(broker.scan_iter("scribes:deliveries:*"))
-    with cluster.client(ALICE_KEY) as alice:
-        ingest(alice, f"mustard-long-{uuid.uuid4().hex[:6]}", "Mustard seed", MUSTARD)
+    with cluster.client(BOB_KEY) as bob:
+        ingest(bob, f"mustard-long-{uuid.uuid4().hex[:6]}", "Mustard seed", MUSTARD)
         received = fake_llm.received
         fake_llm.delay(visibility_s + 8)
         try:
-            job_id = alice.post(
+            job_id = bob.post(
                 "/v1/questions", json={"question": "How long did Pastor Miriam's jar sermon run?"}
             ).json()["id"]
             deadline = time.monotonic() + 30
@@ -178,7 +178,7 @@ def test_a_task_running_past_the_visibility_timeout_is_not_handed_back(
                 ages.append(max((time.time() - score for _, score in scores), default=0.0))
         finally:
             fake_llm.delay(0)
-        job = wait_job(alice, job_id, timeout_s=60)
+        job = wait_job(bob, job_id, timeout_s=60)
 
     assert job["status"] == "succeeded"
     assert max(ages) < visibility_s / 2, ages  # renewed, so never near the timeout

@@ -19,10 +19,11 @@ import redis
 from rag.settings import Settings
 from tests.cluster import Cluster, running_cluster
 from tests.fake_anthropic import FakeAnthropic
-from tests.integration.conftest import ALICE_KEY, LLM_KEY
+from tests.integration.conftest import ALICE_KEY, BOB_KEY, LLM_KEY
 from tests.integration.test_question_path import MUSTARD, ingest, wait_job
 
 DEFAULTS = Settings()
+# The load runs in Bob's corpus, so that it never crowds Alice's notes in other tests.
 CLIENTS = 16
 
 
@@ -57,8 +58,8 @@ def submit(http: httpx.Client, count: int) -> list[str]:
 @pytest.fixture
 def mustard(cluster: Cluster) -> Iterator[None]:
     reset_breaker(cluster.redis_url)
-    with cluster.client(ALICE_KEY) as alice:
-        ingest(alice, f"mustard-{uuid.uuid4().hex[:6]}", "Mustard seed", MUSTARD)
+    with cluster.client(BOB_KEY) as bob:
+        ingest(bob, f"mustard-{uuid.uuid4().hex[:6]}", "Mustard seed", MUSTARD)
     yield
     reset_breaker(cluster.redis_url)
 
@@ -67,25 +68,25 @@ def test_an_outage_opens_the_breaker_and_no_job_fails(
     cluster: Cluster, fake_llm: FakeAnthropic, mustard: None
 ) -> None:
     outage_s = DEFAULTS.breaker_cooldown_s * 1.5
-    with cluster.client(ALICE_KEY) as alice:
+    with cluster.client(BOB_KEY) as bob:
         before = fake_llm.received
         fake_llm.down(529)
         began = time.monotonic()
         try:
-            jobs = submit(alice, 2 * CLIENTS)
+            jobs = submit(bob, 2 * CLIENTS)
             deadline = began + 20
-            while breaker_state(alice)["state"] != "open" and time.monotonic() < deadline:
+            while breaker_state(bob)["state"] != "open" and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert breaker_state(alice)["state"] == "open"
+            assert breaker_state(bob)["state"] == "open"
             opened_after = time.monotonic() - began
             calls_to_open = fake_llm.received - before
-            waiting = alice.get(f"/v1/questions/{jobs[-1]}").json()
-            printed = alice.get("/v1/status").json()
+            waiting = bob.get(f"/v1/questions/{jobs[-1]}").json()
+            printed = bob.get("/v1/status").json()
             time.sleep(max(0.0, outage_s - (time.monotonic() - began)))
             calls_in_outage = fake_llm.received - before
         finally:
             fake_llm.down(None)
-        finished = [wait_job(alice, job_id, timeout_s=120) for job_id in jobs]
+        finished = [wait_job(bob, job_id, timeout_s=120) for job_id in jobs]
 
     # Opening took the breaker's failure count, plus the calls already in flight then.
     assert calls_to_open <= DEFAULTS.breaker_failures + CLIENTS
@@ -99,31 +100,31 @@ def test_an_outage_opens_the_breaker_and_no_job_fails(
         job["error"] for job in finished if job["status"] != "succeeded"
     ]
     assert all(not job["degraded"] and not job["no_context"] for job in finished)
-    with cluster.client(ALICE_KEY) as alice:
-        assert breaker_state(alice)["state"] == "closed"
+    with cluster.client(BOB_KEY) as bob:
+        assert breaker_state(bob)["state"] == "closed"
 
 
 def test_waiting_jobs_say_they_wait_for_the_language_model(
     cluster: Cluster, fake_llm: FakeAnthropic, mustard: None
 ) -> None:
-    with cluster.client(ALICE_KEY) as alice:
+    with cluster.client(BOB_KEY) as bob:
         fake_llm.down(529)
         try:
-            jobs = submit(alice, DEFAULTS.breaker_failures + 3)
+            jobs = submit(bob, DEFAULTS.breaker_failures + 3)
             deadline = time.monotonic() + 20
             notes: list[str] = []
             while time.monotonic() < deadline and not notes:
                 notes = [
                     note
                     for job_id in jobs
-                    if (note := alice.get(f"/v1/questions/{job_id}").json()["note"])
+                    if (note := bob.get(f"/v1/questions/{job_id}").json()["note"])
                     and "waiting for the language model" in note
                 ]
                 time.sleep(0.1)
         finally:
             fake_llm.down(None)
         assert notes, "no job said it waits for the language model"
-        assert all(wait_job(alice, j, timeout_s=120)["status"] == "succeeded" for j in jobs)
+        assert all(wait_job(bob, j, timeout_s=120)["status"] == "succeeded" for j in jobs)
 
 
 @pytest.fixture(scope="module")
