@@ -23,6 +23,7 @@ __all__ = [
     "job_key",
     "pending_questions_key",
     "pool_heartbeat_key",
+    "queued_documents_key",
     "staged_chunks_key",
     "sweep_lock_key",
     "vector_store_health_key",
@@ -118,3 +119,8 @@ def active_jobs_key() -> str:
 
 def sweep_lock_key() -> str:
     return f"{_PREFIX}:jobs:sweep"
+
+
+def queued_documents_key() -> str:
+    # (tenant, document) of revisions not yet indexed, scored by their last progress.
+    return f"{_PREFIX}:docs:queued"

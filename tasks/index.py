@@ -43,6 +43,7 @@ def stage_revision(
     if not documents.is_current(tenant, document_id, revision):
         log.info("skipping %s/%s@%d: superseded or deleted", tenant, document_id, revision)
         return False
+    documents.touch(tenant, document_id)
     document = documents.load_text(tenant, document_id, revision)
     if document is None:
         documents.mark_failed(

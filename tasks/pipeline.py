@@ -9,16 +9,17 @@ from typing import Any
 
 from celery import chain
 
-from rag.records.documents import DocumentRecord, DocumentRegistry
+from rag.records.documents import DocumentRecord, DocumentRegistry, DocumentStatus
 from rag.records.jobs import JobStore, Stage
 from rag.records.pending import PendingQuestions
+from rag.records.staging import ChunkStaging
 from tasks.app import app
 from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER
 from tasks.embed import embed_query
 from tasks.generate import generate_answer
 from tasks.index import index_document
 from tasks.retrieve import retrieve_context
-from tasks.store import store_purge
+from tasks.store import store_purge, store_upsert
 
 __all__ = [
     "broker_answers",
@@ -26,6 +27,7 @@ __all__ = [
     "enqueue_purge",
     "enqueue_question",
     "requeue_stalled",
+    "requeue_stalled_documents",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,35 @@ def _enqueue_steps(
     }
     steps = _STEPS[_FIRST_STEP[stage] :]
     chain(*(step.si(job_id=job_id).set(**options) for step in steps)).apply_async()
+
+
+def requeue_stalled_documents(
+    documents: DocumentRegistry,
+    staging: ChunkStaging,
+    *,
+    stall_s: float,
+    index_backlog: int,
+) -> list[tuple[str, str]]:
+    """The same backstop for documents: a queued revision with no progress for `stall_s`
+    is indexed again (or only written, if its chunks are staged). Not while the index queue
+    has a backlog: then its message is most likely still waiting in it."""
+    if index_backlog:
+        return []
+    requeued: list[tuple[str, str]] = []
+    for tenant, document_id in documents.stalled(quiet_since=time.time() - stall_s):
+        record = documents.get(tenant, document_id)
+        if record is None or record.status is not DocumentStatus.QUEUED:
+            documents.forget_queued(tenant, document_id)
+            continue
+        ids = {"tenant": tenant, "document_id": document_id, "revision": record.revision}
+        if staging.load(tenant, document_id, record.revision) is not None:
+            store_upsert.apply_async(kwargs=ids, expires=datetime.now(UTC) + INDEX_EXPIRES)
+        else:
+            index_document.apply_async(kwargs=ids, expires=datetime.now(UTC) + INDEX_EXPIRES)
+        documents.touch(tenant, document_id)
+        log.warning("document %s/%s made no progress; enqueued it again", tenant, document_id)
+        requeued.append((tenant, document_id))
+    return requeued
 
 
 def requeue_stalled(jobs: JobStore, *, stall_s: float, deadline_s: int) -> list[str]:

@@ -27,6 +27,7 @@ def apply_staged(
 ) -> int | None:
     """Write the staged revision and make it live; the chunk count, or None if there was
     nothing to do (applied by an earlier delivery, or superseded)."""
+    documents.touch(tenant, document_id)
     with documents.write_lock(tenant, document_id):
         points = staging.load(tenant, document_id, revision)
         if points is None:

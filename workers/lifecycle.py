@@ -14,7 +14,8 @@ from redis import Redis
 from rag.keys import sweep_lock_key
 from rag.records.heartbeats import HEARTBEAT_INTERVAL_S
 from rag.services import process_services
-from tasks.pipeline import requeue_stalled
+from tasks.names import QueueName
+from tasks.pipeline import requeue_stalled, requeue_stalled_documents
 from workers.leases import MessageLeases, uses_redis_broker
 from workers.pools import POOLS, PoolSpec
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _stop = threading.Event()
 _leases: MessageLeases | None = None
+_broker: Redis | None = None
 
 
 def current_pool() -> PoolSpec | None:
@@ -80,7 +82,7 @@ def _start_leases(app: Any) -> None:
         return
     options = app.conf.broker_transport_options or {}
     key = options.get("global_keyprefix", "") + options.get("unacked_index_key", "unacked_index")
-    client = Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    client = _broker_client(settings.broker_url)
     _leases = MessageLeases(client, index_key=key, interval_s=settings.visibility_timeout_s / 4)
     _leases.start()
 
@@ -91,6 +93,21 @@ def _on_shutdown(**_: Any) -> None:
     if _leases is not None:
         _leases.stop()
     process_services().close()
+
+
+def _index_backlog(broker_url: str) -> int:
+    """Index messages waiting on a Redis broker (a list per queue); 0 where it cannot tell."""
+    if not uses_redis_broker(broker_url):
+        return 0
+    client = _broker_client(broker_url)
+    return int(client.llen(QueueName.INDEX.value))
+
+
+def _broker_client(broker_url: str) -> Redis:
+    global _broker
+    if _broker is None:
+        _broker = Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+    return _broker
 
 
 def _heartbeat(spec: PoolSpec, hostname: str) -> None:
@@ -107,6 +124,12 @@ def _heartbeat(spec: PoolSpec, hostname: str) -> None:
             ):
                 requeue_stalled(
                     services.jobs, stall_s=settings.stall_s, deadline_s=settings.job_deadline_s
+                )
+                requeue_stalled_documents(
+                    services.documents,
+                    services.staging,
+                    stall_s=settings.stall_s,
+                    index_backlog=_index_backlog(settings.broker_url),
                 )
         except Exception:  # a missed beat is reported by its absence; keep beating
             log.exception("heartbeat failed")

@@ -23,6 +23,7 @@ from rag.keys import (
     document_revision_key,
     document_text_key,
     documents_index_key,
+    queued_documents_key,
 )
 from rag.types import Failure
 
@@ -84,6 +85,10 @@ return 1
 """
 
 
+def _member(tenant: str, document_id: str) -> str:
+    return f"{tenant}\x1f{document_id}"
+
+
 def _decode(tenant: str, raw: dict[str, str]) -> DocumentRecord:
     live = raw.get("live_revision")
     return DocumentRecord(
@@ -134,6 +139,7 @@ class DocumentRegistry:
                 },
             )
             pipe.sadd(documents_index_key(tenant), document_id)
+            pipe.zadd(queued_documents_key(), {_member(tenant, document_id): now})
             pipe.execute()
         record = self.get(tenant, document_id)
         assert record is not None
@@ -170,17 +176,42 @@ class DocumentRegistry:
             )
         )
         if done:
-            self._redis.delete(document_text_key(tenant, document_id, revision))
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(document_text_key(tenant, document_id, revision))
+                pipe.zrem(queued_documents_key(), _member(tenant, document_id))
+                pipe.execute()
         return done
 
     def mark_failed(self, tenant: str, document_id: str, revision: int, failure: Failure) -> bool:
         """Fail `revision` if it is still the newest; an older live revision stays live."""
-        return bool(
+        failed = bool(
             self._mark_failed(
                 keys=[document_key(tenant, document_id)],
                 args=[revision, failure.message, failure.code, time.time()],
             )
         )
+        if failed:
+            self._redis.zrem(queued_documents_key(), _member(tenant, document_id))
+        return failed
+
+    def touch(self, tenant: str, document_id: str) -> None:
+        """Count now as progress of the document's queued revision, for the stall sweep."""
+        self._redis.zadd(
+            queued_documents_key(), {_member(tenant, document_id): time.time()}, xx=True
+        )
+
+    def stalled(self, *, quiet_since: float, limit: int = 100) -> list[tuple[str, str]]:
+        """(tenant, document) of queued revisions with no progress since `quiet_since`."""
+        members: list[str] = self._redis.zrangebyscore(
+            queued_documents_key(), "-inf", quiet_since, start=0, num=limit
+        )  # type: ignore[assignment]
+        return [
+            (tenant, document_id)
+            for tenant, _, document_id in (m.partition("\x1f") for m in members)
+        ]
+
+    def forget_queued(self, tenant: str, document_id: str) -> None:
+        self._redis.zrem(queued_documents_key(), _member(tenant, document_id))
 
     def write_lock(self, tenant: str, document_id: str) -> Lock:
         """Orders writes to one document across threads and, with a Qdrant server, hosts.
@@ -203,6 +234,8 @@ class DocumentRegistry:
             ],
             args=[document_id],
         )
+        if revision is not None:
+            self._redis.zrem(queued_documents_key(), _member(tenant, document_id))
         return int(revision) if revision is not None else None
 
     def live_revisions(self, tenant: str, document_ids: list[str]) -> dict[str, int | None]:

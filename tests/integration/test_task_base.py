@@ -170,3 +170,30 @@ def test_the_sweep_enqueues_a_stalled_job_again_from_its_stage(
     assert jobs.stalled(quiet_since=time.time()) == [stuck]  # still watched, clock reset
     assert requeue_stalled(jobs, stall_s=30, deadline_s=300) == []
     client.delete("generate")
+
+
+def test_the_sweep_indexes_a_document_whose_message_was_lost(
+    services: Services, timings: list[TaskTiming]
+) -> None:
+    from tasks.pipeline import requeue_stalled_documents
+
+    documents = services.documents
+    # Submitted, but its index message never reached the broker.
+    documents.submit(
+        tenant=TENANT, document_id="lost", title="Lost", text="Manna fell.", metadata={}
+    )
+    quiet = requeue_stalled_documents(documents, services.staging, stall_s=60, index_backlog=0)
+    busy = requeue_stalled_documents(documents, services.staging, stall_s=0, index_backlog=3)
+    assert quiet == [] and busy == []  # too soon, and then a backlog that may hold it
+
+    assert requeue_stalled_documents(documents, services.staging, stall_s=0, index_backlog=0) == [
+        (TENANT, "lost")
+    ]
+    deadline = time.monotonic() + 60
+    record = documents.get(TENANT, "lost")
+    while record is not None and record.status is DocumentStatus.QUEUED:
+        assert time.monotonic() < deadline, "never indexed"
+        time.sleep(0.1)
+        record = documents.get(TENANT, "lost")
+    assert record is not None and record.status is DocumentStatus.INDEXED
+    assert documents.stalled(quiet_since=time.time()) == []
