@@ -317,6 +317,45 @@ def test_the_api_started_as_a_process_closes_a_half_sent_request(
         process.wait(10)
 
 
+def test_at_the_default_300_half_sent_requests_are_closed_after_ten_seconds(
+    store_url: str,
+) -> None:
+    """The finding as it was reported, at the settings a user runs: nothing shortened."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SCRIBES_")}
+    env.update(REDIS_URL=store_url, SCRIBES_API_KEYS=f"{KEY}=hardening", HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api_shim.server", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the API did not start"
+                time.sleep(0.2)
+        opened = time.monotonic()
+        halves = [connect(port, timeout_s=20) for _ in range(300)]
+        for sock in halves:
+            sock.sendall(b"GET /healthz HT")
+        # Meanwhile the API serves everyone else.
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert all(is_closed_by_server(sock) for sock in halves)
+        waited = time.monotonic() - opened
+        for sock in halves:
+            sock.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert 10 <= waited < 16
+
+
 def test_the_header_timeout_is_ten_seconds_by_default(store_url: str) -> None:
     # The README's figure; the environment of the tests does not set it.
     assert Settings.model_fields["api_header_timeout_s"].default == 10
