@@ -270,26 +270,13 @@ def test_half_sent_requests_are_closed_after_the_header_timeout(store_url: str) 
     assert 1 <= waited < 4
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["-m", "api_shim.server"],
-        ["-m", "uvicorn", "api_shim.app:create_app", "--factory", "--http", TIMED_PROTOCOL],
-    ],
-    ids=["python -m api_shim.server", "uvicorn --http TimedH11Protocol"],
-)
-def test_the_api_started_as_a_process_closes_a_half_sent_request(
-    store_url: str, command: list[str]
-) -> None:
-    """How `scribes up` can start the API: the timeout then comes from the environment."""
+@contextmanager
+def api_process(store_url: str, command: list[str], **settings: str) -> Iterator[int]:
+    """The API as its own process, with only `settings` on top of the defaults; its port."""
     port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": store_url,
-        "SCRIBES_API_KEYS": f"{KEY}=hardening",
-        "SCRIBES_API_HEADER_TIMEOUT_S": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SCRIBES_")}
+    env.update(REDIS_URL=store_url, SCRIBES_API_KEYS=f"{KEY}=hardening", HF_HUB_OFFLINE="1")
+    env.update(settings)
     process = subprocess.Popen(
         [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
@@ -307,39 +294,39 @@ def test_the_api_started_as_a_process_closes_a_half_sent_request(
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the API did not start"
                 time.sleep(0.2)
-        with closing(connect(port, timeout_s=6)) as sock:
-            sock.sendall(b"POST /v1/documents HTTP/1.1\r\nHost: scr")
-            started = time.monotonic()
-            assert is_closed_by_server(sock)
-            assert 0.5 <= time.monotonic() - started < 4
+        yield port
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "api_shim.server"],
+        ["-m", "uvicorn", "api_shim.app:create_app", "--factory", "--http", TIMED_PROTOCOL],
+    ],
+    ids=["python -m api_shim.server", "uvicorn --http TimedH11Protocol"],
+)
+def test_the_api_started_as_a_process_closes_a_half_sent_request(
+    store_url: str, command: list[str]
+) -> None:
+    """How `scribes up` can start the API: the timeout then comes from the environment."""
+    with (
+        api_process(store_url, command, SCRIBES_API_HEADER_TIMEOUT_S="1") as port,
+        closing(connect(port, timeout_s=6)) as sock,
+    ):
+        sock.sendall(b"POST /v1/documents HTTP/1.1\r\nHost: scr")
+        started = time.monotonic()
+        assert is_closed_by_server(sock)
+        assert 0.5 <= time.monotonic() - started < 4
 
 
 def test_at_the_default_300_half_sent_requests_are_closed_after_ten_seconds(
     store_url: str,
 ) -> None:
     """The finding as it was reported, at the settings a user runs: nothing shortened."""
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SCRIBES_")}
-    env.update(REDIS_URL=store_url, SCRIBES_API_KEYS=f"{KEY}=hardening", HF_HUB_OFFLINE="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api_shim.server", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the API did not start"
-                time.sleep(0.2)
+    with api_process(store_url, ["-m", "api_shim.server"]) as port:
         opened = time.monotonic()
         halves = [connect(port, timeout_s=20) for _ in range(300)]
         for sock in halves:
@@ -350,9 +337,6 @@ def test_at_the_default_300_half_sent_requests_are_closed_after_ten_seconds(
         waited = time.monotonic() - opened
         for sock in halves:
             sock.close()
-    finally:
-        process.terminate()
-        process.wait(10)
     assert 10 <= waited < 16
 
 
