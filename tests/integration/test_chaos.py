@@ -24,6 +24,22 @@ QUESTIONS = 160
 POOLS = ("embed", "retrieve", "generate", "index")
 
 
+def _bob(cluster: Cluster) -> httpx.Client:
+    """A client of its own per asking thread (httpx clients are not shared across threads)."""
+    return httpx.Client(
+        base_url=cluster.api_url, headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=30
+    )
+
+
+def _ask_and_wait(http: httpx.Client, variant: str, jobs: list[str]) -> None:
+    """Ask a distinct answerable question, note its job, and wait for it like a user."""
+    question = f"How many mustard seeds were in Pastor Miriam's jar, {variant}?"
+    response = http.post("/v1/questions", json={"question": question})
+    assert response.status_code == 202, response.text
+    jobs.append(response.json()["id"])
+    wait_job(http, response.json()["id"], timeout_s=240)
+
+
 def test_every_pool_killed_under_load_loses_no_job(
     cluster: Cluster, fake_llm: FakeAnthropic
 ) -> None:
@@ -39,15 +55,9 @@ def test_every_pool_killed_under_load_loses_no_job(
     stop = threading.Event()
 
     def ask(client_index: int) -> None:
-        with httpx.Client(
-            base_url=cluster.api_url, headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=30
-        ) as http:
+        with _bob(cluster) as http:
             for n in range(client_index, QUESTIONS, CLIENTS):
-                question = f"How many mustard seeds were in Pastor Miriam's jar, take {tag + n}?"
-                response = http.post("/v1/questions", json={"question": question})
-                assert response.status_code == 202, response.text
-                jobs.append(response.json()["id"])
-                wait_job(http, response.json()["id"], timeout_s=240)
+                _ask_and_wait(http, f"take {tag + n}", jobs)
 
     def write_notes() -> None:
         with cluster.client(BOB_KEY) as http:
@@ -108,16 +118,10 @@ def test_a_rolling_restart_under_load_loses_no_job_and_delays_none_past_the_grac
     stop = threading.Event()
 
     def ask(client_index: int) -> None:
-        with httpx.Client(
-            base_url=cluster.api_url, headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=30
-        ) as http:
+        with _bob(cluster) as http:
             n = client_index
             while not stop.is_set():
-                question = f"How many mustard seeds were in Pastor Miriam's jar, roll {tag + n}?"
-                response = http.post("/v1/questions", json={"question": question})
-                assert response.status_code == 202, response.text
-                jobs.append(response.json()["id"])
-                wait_job(http, response.json()["id"], timeout_s=240)
+                _ask_and_wait(http, f"roll {tag + n}", jobs)
                 n += CLIENTS
 
     def restart_one_after_another() -> None:
