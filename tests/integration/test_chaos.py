@@ -189,3 +189,37 @@ def test_a_task_running_past_the_visibility_timeout_is_not_handed_back(
     assert fake_llm.received == received + 1  # one delivery, one call
     handed_back = set(broker.scan_iter("scribes:deliveries:*")) - redelivered_before
     assert not handed_back, "a message was handed back while it ran"
+
+
+def test_a_job_whose_message_was_lost_is_answered_by_the_sweep_at_the_defaults(
+    cluster: Cluster,
+) -> None:
+    """The backstop for a message lost outright (taken by BRPOP, then the worker died before
+    kombu recorded it, or acknowledged while Redis was restarting): the record alone,
+    with no message anywhere, is enough for the job to be answered within `stall_s`."""
+    from rag.records.jobs import new_job_id
+    from rag.services import Services
+
+    settings = Settings(REDIS_URL=cluster.redis_url)
+    assert settings.stall_s == 90  # the default, not shortened for the test
+    tag = uuid.uuid4().int % 100_000
+    with cluster.client(BOB_KEY) as bob:
+        ingest(bob, f"mustard-lost-{tag}", "Mustard seed", MUSTARD)
+    services = Services(settings)
+    question = f"How many mustard seeds were in the jar, lost message {tag}?"
+    lookup = services.answers.lookup(settings, tenant="bob", question=question, top_k=5)
+    job_id = new_job_id()
+    # What the API does on submit, minus the publish: the message never reaches a queue.
+    services.jobs.create(
+        job_id=job_id,
+        tenant="bob",
+        question=question,
+        top_k=5,
+        corpus_version=lookup.corpus_version,
+        answer_cache_key=lookup.key,
+    )
+    services.pending.add(job_id)
+    with cluster.client(BOB_KEY) as bob:
+        job = wait_job(bob, job_id, timeout_s=settings.stall_s + 45)
+    assert job["status"] == "succeeded", job
+    assert f"mustard-lost-{tag}" in {source["document_id"] for source in job["sources"]}
