@@ -7,16 +7,22 @@ route takes what it needs through `api_shim.deps`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.trace import Span
 
 from api_shim.auth import TenantResolver
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
+from api_shim.instrumentation import RequestMetrics
 from api_shim.limits import BodyLimit
-from api_shim.routes import documents, health, questions
+from api_shim.routes import documents, health, metrics, questions, usage
 from rag.services import Services
 from rag.settings import Settings, get_settings
+from rag.telemetry.tracing import tag_span
+from tasks.base import trace_tasks
 
 __all__ = ["create_app"]
 
@@ -43,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A client waits on the API, so Redis gets a shorter timeout here than in the workers.
     app.state.deps = Deps(Services(settings, redis_timeout_s=5), resolver)
     install_error_handlers(app, redis_url=settings.redis_url)
+    if settings.metrics_enabled:
+        app.add_middleware(RequestMetrics)
     # Keep this the last middleware added: it then runs first, bounding a body before anything
     # else reads it.
     app.add_middleware(
@@ -51,6 +59,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_s=settings.api_body_timeout_s,
         max_concurrent=settings.api_max_concurrent_bodies,
     )
-    for module in (questions, documents, health):
+    for module in (questions, documents, health, metrics, usage):
         app.include_router(module.router)
+    if trace_tasks(settings, component="api"):
+        # A span per request, continuing an incoming `traceparent`; probes and scrapes are
+        # not worth one.
+        FastAPIInstrumentor.instrument_app(
+            app,
+            server_request_hook=_tag_request_id,
+            excluded_urls="/healthz,/readyz,/metrics",
+            exclude_spans=["receive", "send"],
+        )
     return app
+
+
+def _tag_request_id(span: Span, scope: dict[str, Any]) -> None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            tag_span(request_id=value.decode("latin-1"), span=span)

@@ -28,6 +28,7 @@ from enum import StrEnum
 from redis import Redis, RedisError
 
 from rag.keys import breaker_events_key, breaker_key
+from rag.telemetry.metrics import BREAKER_TRANSITIONS
 
 __all__ = ["Breaker", "BreakerConfig", "BreakerState", "BreakerStatus", "Permit"]
 
@@ -92,11 +93,12 @@ local lease = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
 if state == 'half_open' and now < lease then return {0, tostring(now + 1), state} end
 redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_owner', ARGV[2],
            'probe_until', tostring(now + tonumber(ARGV[3])))
-return {2, '0', 'half_open'}
+return {2, '0', 'half_open', state}
 """
 
 # KEYS: state hash, events zset. ARGV: now, token, ok (1/0), retry_after, window, failures,
-# ratio, cooldown, close_after, member. Returns the state after the outcome.
+# ratio, cooldown, close_after, member. Returns {state after, state before}: the one
+# script that changed the state says so, for the transitions counter.
 _RECORD = """
 local now = tonumber(ARGV[1])
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
@@ -111,6 +113,7 @@ local function open_now()
              'successes', '0', 'consecutive', '0')
   return 'open'
 end
+local function decide()
 if state == 'half_open' then
   if redis.call('HGET', KEYS[1], 'probe_owner') ~= ARGV[2] then return state end
   if not ok then return open_now() end
@@ -148,7 +151,13 @@ if failed >= tonumber(ARGV[6]) and failed / calls >= tonumber(ARGV[7]) then
   return open_now()
 end
 return state
+end
+return {decide(), state}
 """
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class Breaker:
@@ -165,16 +174,18 @@ class Breaker:
     def acquire(self, now: float | None = None) -> Permit:
         token = uuid.uuid4().hex
         try:
-            verdict, retry_at, state = self._acquire(
+            verdict, retry_at, state, *before = self._acquire(
                 keys=self._keys[:1],
                 args=[now or time.time(), token, self.config.probe_lease_s],
             )
         except RedisError:
             log.warning("breaker %s: Redis unreachable, letting the call through", self.name)
             return Permit(allowed=True)
-        state = BreakerState(state.decode() if isinstance(state, bytes) else state)
+        state = BreakerState(_text(state))
         if int(verdict) == 0:
             return Permit(allowed=False, retry_at=float(retry_at), state=state)
+        if int(verdict) == 2 and _text(before[0]) == BreakerState.OPEN.value:
+            BREAKER_TRANSITIONS.labels(self.name, BreakerState.HALF_OPEN.value).inc()
         return Permit(allowed=True, probe=int(verdict) == 2, token=token, state=state)
 
     def succeeded(self, permit: Permit) -> BreakerState:
@@ -189,7 +200,7 @@ class Breaker:
         config = self.config
         member = f"{'s' if ok else 'f'}:{now:.6f}:{uuid.uuid4().hex[:8]}"
         try:
-            state = self._record(
+            state, before = self._record(
                 keys=self._keys,
                 args=[
                     now,
@@ -206,8 +217,9 @@ class Breaker:
             )
         except RedisError:
             return BreakerState.CLOSED
-        after = BreakerState(state.decode() if isinstance(state, bytes) else state)
-        if after is not permit.state:
+        after = BreakerState(_text(state))
+        if after.value != _text(before):
+            BREAKER_TRANSITIONS.labels(self.name, after.value).inc()
             log.warning("breaker %s is now %s", self.name, after.value)
         return after
 

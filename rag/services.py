@@ -13,15 +13,18 @@ from functools import cached_property, lru_cache
 from redis import Redis
 
 from rag.breaker import Breaker, BreakerConfig
+from rag.budgets import Budgets
 from rag.caches.answers import AnswerCache
 from rag.embedding import Embedder, load_embedder
 from rag.records.documents import DocumentRegistry
 from rag.records.heartbeats import Heartbeats
-from rag.records.jobs import JobStore
+from rag.records.jobs import JobFinished, JobStore
 from rag.records.pending import PendingQuestions
 from rag.records.staging import ChunkStaging
+from rag.records.usage import UsageLedger
 from rag.settings import ConfigurationError, Settings, get_settings
 from rag.store import VectorStore, open_vector_store
+from rag.telemetry.metrics import observe_answer_quality, observe_question
 from rag.tokens import TokenCounter, load_token_counter
 from rag.writers import AnswerWriter, build_writer
 from rag.writers.extractive import ExtractiveWriter
@@ -51,7 +54,27 @@ class Services:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.redis, ttl_s=self.settings.job_ttl_s)
+        return JobStore(self.redis, ttl_s=self.settings.job_ttl_s, on_finish=self.job_finished)
+
+    def job_finished(self, event: JobFinished) -> None:
+        """Every job as it finishes, once: added to the usage ledger, counted in the metrics."""
+        self.usage.record(event)
+        observe_question(
+            outcome=event.outcome,
+            cache=event.cache,
+            duration_s=event.duration_s,
+            tenant=event.tenant,
+        )
+        if event.cache == "miss" and event.answer is not None:
+            observe_answer_quality(event.answer)
+
+    @cached_property
+    def usage(self) -> UsageLedger:
+        return UsageLedger(self.redis)
+
+    @cached_property
+    def budgets(self) -> Budgets:
+        return Budgets(self.settings, self.usage)
 
     @cached_property
     def documents(self) -> DocumentRegistry:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.keys import TENANT_PATTERN
 
 __all__ = ["DEFAULT_REDIS_URL", "ConfigurationError", "Settings", "get_settings"]
 
@@ -85,6 +89,26 @@ class Settings(BaseSettings):
     # worker's messages come back after this plus the 5 s restore interval.
     visibility_timeout_s: int = Field(20, ge=8, alias="SCRIBES_VISIBILITY_TIMEOUT_S")
 
+    # Observability. Off: nothing is written for a scrape (no per-host metrics directory,
+    # no per-request or per-task counting) and /metrics serves only the system-wide series.
+    metrics_enabled: bool = Field(True, alias="SCRIBES_METRICS_ENABLED")
+    # /metrics needs this Bearer token when it is set.
+    metrics_token: SecretStr | None = Field(None, alias="SCRIBES_METRICS_TOKEN")
+    # A tenant label on the per-question metrics: opt-in, as it multiplies their series.
+    metrics_tenant_label: bool = Field(False, alias="SCRIBES_METRICS_TENANT_LABEL")
+    # A worker-only host serves its processes' metrics here (`scribes worker --metrics-port`).
+    metrics_port: int | None = Field(None, ge=1, le=65535, alias="SCRIBES_METRICS_PORT")
+    # Traces go out over OTLP/HTTP when this is set; otherwise tracing costs nothing.
+    otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_service_name: str = Field("scribes", alias="OTEL_SERVICE_NAME")
+
+    # Budgets (see rag.budgets). Dollars per UTC day and month; unset: no limit.
+    budget_daily_usd: Decimal | None = Field(None, gt=0, alias="SCRIBES_BUDGET_DAILY_USD")
+    budget_monthly_usd: Decimal | None = Field(None, gt=0, alias="SCRIBES_BUDGET_MONTHLY_USD")
+    budget_action: Literal["reject", "degrade"] = Field("reject", alias="SCRIBES_BUDGET_ACTION")
+    # JSON: {"tenant": {"daily_usd": "5", "monthly_usd": null}}; null lifts that limit.
+    tenant_budgets_raw: str = Field("", alias="SCRIBES_TENANT_BUDGETS")
+
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
@@ -101,6 +125,36 @@ class Settings(BaseSettings):
                 )
             keys[key.strip()] = tenant.strip()
         return keys
+
+    @property
+    def tenant_budgets(self) -> dict[str, dict[str, Decimal | None]]:
+        """SCRIBES_TENANT_BUDGETS parsed: {tenant: {"daily_usd" | "monthly_usd": limit}}."""
+        raw = self.tenant_budgets_raw.strip()
+        if not raw:
+            return {}
+        shape = 'e.g. {"alice": {"daily_usd": "5", "monthly_usd": "100"}}'
+        try:
+            # Decimals, not floats, so that "0.1" is a tenth of a dollar exactly.
+            parsed = json.loads(raw, parse_float=Decimal, parse_int=Decimal)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(
+                f"SCRIBES_TENANT_BUDGETS is not JSON ({exc}); {shape}"
+            ) from exc
+        if not isinstance(parsed, dict):
+            raise ConfigurationError(f"SCRIBES_TENANT_BUDGETS must be a JSON object; {shape}")
+        budgets: dict[str, dict[str, Decimal | None]] = {}
+        for tenant, limits in parsed.items():
+            if not TENANT_PATTERN.fullmatch(tenant):
+                raise ConfigurationError(f"SCRIBES_TENANT_BUDGETS: {tenant!r} is not a tenant name")
+            if not isinstance(limits, dict) or not set(limits) <= {"daily_usd", "monthly_usd"}:
+                raise ConfigurationError(
+                    f"SCRIBES_TENANT_BUDGETS: {tenant!r} needs an object of daily_usd and/or "
+                    f"monthly_usd; {shape}"
+                )
+            budgets[tenant] = {
+                period: _budget_limit(tenant, period, value) for period, value in limits.items()
+            }
+        return budgets
 
     @property
     def serves_api_docs(self) -> bool:
@@ -125,12 +179,28 @@ class Settings(BaseSettings):
             )
         if self.top_k > self.max_top_k:
             raise ConfigurationError("SCRIBES_TOP_K must not exceed SCRIBES_MAX_TOP_K")
+        _ = self.tenant_budgets
         keys = self.api_keys
         if self.env == "production" and not keys and not self.trust_gateway_tenant:
             raise ConfigurationError(
                 "SCRIBES_ENV=production needs SCRIBES_API_KEYS (key=tenant,…); "
                 "refusing to serve without authentication"
             )
+
+
+def _budget_limit(tenant: str, period: str, value: object) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        limit = Decimal(value) if isinstance(value, str | Decimal) else None
+    except InvalidOperation:
+        limit = None
+    if limit is None or not limit.is_finite() or limit <= 0:
+        raise ConfigurationError(
+            f"SCRIBES_TENANT_BUDGETS: {tenant}'s {period} must be a positive number of dollars "
+            f"or null, not {value!r}"
+        )
+    return limit
 
 
 @lru_cache(maxsize=1)

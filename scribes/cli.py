@@ -1,4 +1,4 @@
-"""The one command: `scribes up | worker | api | ingest | ask | status`."""
+"""The one command: `scribes up | worker | exporter | api | ingest | ask | eval | status`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -226,11 +227,18 @@ def _ask(settings: Settings, api_url: str, question: str) -> dict[str, Any]:
 @click.argument("pool", type=click.Choice(sorted(POOLS)))
 @click.option("--concurrency", type=int, default=None, help="Processes or threads.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(pool: str, concurrency: int | None, loglevel: str) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve this pool's metrics (every process, prefork children too) on this port.",
+)
+def worker(pool: str, concurrency: int | None, loglevel: str, metrics_port: int | None) -> None:
     """Start one worker pool: embed, retrieve, generate or index."""
+    from rag.telemetry.exposition import MULTIPROC_ENV, prepare_multiprocess_dir
     from scribes.supervisor import SOFT_SHUTDOWN_ON_SIGTERM
 
-    _settings()
+    settings = _settings()
     spec = POOLS[pool]
     command = worker_command(spec, concurrency=concurrency, loglevel=loglevel)
     env = {
@@ -240,7 +248,44 @@ def worker(pool: str, concurrency: int | None, loglevel: str) -> None:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if MULTIPROC_ENV not in env:
+        # One directory per pool process group, emptied as it starts; a directory set in the
+        # environment is the operator's to manage (and to share with `scribes exporter`).
+        directory = (settings.data_dir / "metrics" / f"worker-{pool}").resolve()
+        env[MULTIPROC_ENV] = str(prepare_multiprocess_dir(directory))
+    if metrics_port is not None:
+        env["SCRIBES_METRICS_PORT"] = str(metrics_port)
     os.execvpe(command[0], command, env)
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=9464, show_default=True)
+@click.option(
+    "--cluster/--no-cluster",
+    default=False,
+    show_default=True,
+    help="Also serve the system-wide series (queues, pools, breaker, budgets), as the "
+    "API's /metrics does; scrape them from one place only.",
+)
+def exporter(host: str, port: int, cluster: bool) -> None:
+    """Serve the metrics of this host's processes (PROMETHEUS_MULTIPROC_DIR) on a port."""
+    from prometheus_client import start_http_server
+
+    from api_shim.routes.metrics import cluster_collector
+    from rag.services import Services
+    from rag.telemetry.exposition import MULTIPROC_ENV, scrape_registry
+
+    settings = _settings()
+    if MULTIPROC_ENV not in os.environ and not cluster:
+        _fail(f"set {MULTIPROC_ENV} to the directory this host's processes write to", 2)
+    extra = [cluster_collector(Services(settings, redis_timeout_s=5))] if cluster else []
+    try:
+        start_http_server(port, addr=host, registry=scrape_registry(extra))
+    except OSError as exc:
+        _fail(f"cannot serve metrics on {host}:{port}: {exc.strerror}", 1)
+    click.echo(f"scribes: serving metrics on http://{host}:{port}/metrics", err=True)
+    threading.Event().wait()
 
 
 @main.command()
@@ -248,9 +293,10 @@ def worker(pool: str, concurrency: int | None, loglevel: str) -> None:
 @click.option("--port", default=8000, show_default=True)
 def api(host: str, port: int) -> None:
     """Serve the HTTP API."""
+    settings = _settings()  # first: importing the API reads the settings too
     from api_shim.server import serve
 
-    serve(_settings(), host=host, port=port)
+    serve(settings, host=host, port=port)
 
 
 @main.command()
@@ -340,6 +386,69 @@ def ask(
         sys.exit(1)
 
 
+@main.command("eval")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Passages to retrieve, the k of hit@k; defaults to SCRIBES_TOP_K.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Questions in flight at once.",
+)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait per question.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures and every result as JSON.")
+@click.option("--misses", is_flag=True, help="Also list the questions retrieval missed.")
+def eval_command(
+    file: Path,
+    api_url: str | None,
+    top_k: int | None,
+    concurrency: int,
+    timeout: float,
+    as_json: bool,
+    misses: bool,
+) -> None:
+    """Ask a labelled question set (JSON Lines) and print hit@1, hit@k and MRR of the
+    expected notes, and the no-context rate of the questions marked unanswerable.
+
+    Each line is {"question": …, "expected": [document id, …]} or
+    {"question": …, "unanswerable": true}. Exits 2 on a malformed file, 1 when the API
+    cannot be reached or a question could not be measured.
+    """
+    from scribes.evaluate import (
+        LabelledSetError,
+        format_report,
+        read_labelled_set,
+        run_labelled_set,
+    )
+
+    settings = _client_settings()
+    try:
+        questions = read_labelled_set(file)
+    except LabelledSetError as exc:
+        _fail(str(exc), 2)
+    k = top_k or settings.top_k
+    with _client(settings, api_url) as client:
+        try:
+            report = run_labelled_set(
+                client, questions, top_k=k, concurrency=concurrency, timeout_s=timeout
+            )
+        except ApiFailure as exc:
+            _fail(exc.message)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_report(report, misses=misses))
+    if report.unmeasured:
+        _fail(f"{len(report.unmeasured)} of {len(report.results)} questions not measured")
+
+
 def _print_answer(job: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(job, indent=2))
@@ -367,7 +476,8 @@ def _print_answer(job: dict[str, Any], as_json: bool) -> None:
 @main.command()
 @click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
 def status(api_url: str | None) -> None:
-    """Show whether Redis, the broker, every pool and the vector store answer; exit 1 if not."""
+    """Show whether Redis, the broker, every pool and the vector store answer, the queues,
+    the model's circuit, and today's questions and spend; exit 1 if anything is down."""
     settings = _client_settings()
     with _client(settings, api_url) as client:
         try:
@@ -382,6 +492,18 @@ def status(api_url: str | None) -> None:
         if name in breakers:
             detail = _breaker_detail(breakers[name])
         click.echo(f"{'ok  ' if ok else 'DOWN'} {name}{detail}")
+    for queue, reading in (body.get("queues") or {}).items():
+        age = reading.get("oldest_age_s")
+        waited = f", oldest waiting {age:.0f} s" if age else ""
+        click.echo(
+            f"     queue {queue}: {reading['depth']} messages ({reading['ready']} waiting{waited})"
+        )
+    usage = body.get("usage")
+    if usage:
+        click.echo(
+            f"     today ({usage['date']}, UTC): {usage['questions']} questions, "
+            f"${usage['cost_usd']}"
+        )
     if body["status"] != "ok":
         sys.exit(1)
 

@@ -33,6 +33,7 @@ import redis
 
 from rag.records.heartbeats import Heartbeats
 from rag.settings import DEFAULT_REDIS_URL, Settings
+from rag.telemetry.exposition import MULTIPROC_ENV, mark_process_dead, prepare_multiprocess_dir
 from rag.urls import redact_url
 from scribes.flower import FlowerAuth, flower_login
 from scribes.localredis import LocalRedis, free_port, port_free, redis_answers
@@ -154,10 +155,18 @@ class Supervisor:
         self._lives["redis"] = _Lifeline(time.monotonic())
         self.redis_url = self.redis.url
 
+    @property
+    def metrics_dir(self) -> Path:
+        """This host's multiprocess metrics directory: every child but Flower writes there."""
+        return (self.settings.data_dir / "metrics").resolve()
+
     def start(self, *, explicit_redis_url: bool) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.ensure_redis(explicit_url=explicit_redis_url)
         env = self.environment()
+        if self.settings.metrics_enabled:
+            # Wiped as the host's processes start: their counters start at zero together.
+            env[MULTIPROC_ENV] = str(prepare_multiprocess_dir(self.metrics_dir))
         for name, spec in POOLS.items():
             self.spawn(
                 f"pool:{name}",
@@ -195,7 +204,11 @@ class Supervisor:
                     f"--address={self.flower_host}",
                 ],
                 # From the environment, not the command line, which every local user can read.
-                {**env, "FLOWER_BASIC_AUTH": auth.basic_auth},
+                # Flower serves its own /metrics: its series stay out of the host's.
+                {
+                    **{k: v for k, v in env.items() if k != MULTIPROC_ENV},
+                    "FLOWER_BASIC_AUTH": auth.basic_auth,
+                },
             )
 
     def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
@@ -330,6 +343,9 @@ class Supervisor:
             self.redis.spawn()
             self._lives[name].started_at = time.monotonic()
         else:
+            dead = self.children.get(name)
+            if dead is not None:
+                mark_process_dead(dead.pid, self.metrics_dir)
             self.respawn(name)
 
 

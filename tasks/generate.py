@@ -5,6 +5,8 @@ no call is made: the job is re-queued with a countdown to the next probe, or, wi
 `SCRIBES_LLM_FALLBACK=extractive`, answered at once by the extractive writer and marked
 degraded. Transient model errors are retried with backoff up to `SCRIBES_LLM_MAX_RETRIES`;
 waiting on an open breaker does not use up those retries, only the job's deadline.
+A tenant whose budget is spent (`rag.budgets`) gets no model call either: its job fails with
+`budget_exceeded`, or, with `SCRIBES_BUDGET_ACTION=degrade`, the extractive writer answers it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from redis import RedisError
 
 from rag.answering import compose_answer
 from rag.breaker import Breaker, BreakerState
+from rag.budgets import Budgets
 from rag.caches.answers import AnswerCache
 from rag.records.jobs import JobRecord, JobStore, Stage
 from rag.services import process_services
-from rag.types import Answer, Usage
+from rag.telemetry.metrics import observe_llm_call
+from rag.types import Answer, Failure, Usage
 from rag.writers.base import AnswerWriter, PermanentLLMError, TransientLLMError
+from rag.writers.extractive import ExtractiveWriter
 from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
 
@@ -64,10 +69,13 @@ def write_answer(
     answers: AnswerCache,
     breaker: Breaker | None = None,
     fallback: AnswerWriter | None = None,
+    budgets: Budgets | None = None,
 ) -> bool:
     """Write, finish and cache the job's answer; False when the job is not ours to move.
 
     `breaker` guards `writer` (None: the writer needs no guard, as the extractive one).
+    `budgets` are checked before the model is called: a spent budget fails the job
+    (`budget_exceeded`) or, to degrade, answers it with the extractive writer for free.
     Raises `TransientLLMError` for the caller to retry, `CircuitOpen` for it to wait.
     """
     if not jobs.start_stage(job_id, Stage.GENERATE):
@@ -75,7 +83,17 @@ def write_answer(
     job = jobs.get(job_id)
     if job is None:
         return False
-    if breaker is None:
+    # Only the model costs money: the extractive writer (no breaker) is never over budget.
+    spent = None
+    if budgets is not None and breaker is not None:
+        spent = budgets.exceeded(job.tenant)
+        if spent is not None and budgets.action == "reject":
+            # Not retried: nothing changes for this job before the budget resets.
+            return jobs.fail(job_id, Failure("budget_exceeded", spent.message))
+    if spent is not None:
+        drafted = compose_answer(job.question, job.passages, ExtractiveWriter())
+        answer = replace(drafted, degraded=True, usage=Usage())
+    elif breaker is None:
         answer = compose_answer(job.question, job.passages, writer)
     else:
         answer = _guarded_answer(job, jobs=jobs, writer=writer, breaker=breaker, fallback=fallback)
@@ -105,16 +123,29 @@ def _guarded_answer(
             # Free and at once, but not what the model would have said: never cached.
             drafted = compose_answer(job.question, job.passages, fallback)
             return replace(drafted, degraded=True, usage=Usage())
+        model = str(getattr(writer, "model", "") or "unknown")
+        started = time.perf_counter()
         try:
             answer = compose_answer(job.question, job.passages, writer)
         except TransientLLMError as exc:
+            observe_llm_call(
+                model, "transient_error", time.perf_counter() - started, None, job.tenant
+            )
             if breaker.failed(permit, retry_after=exc.retry_after) is not BreakerState.CLOSED:
                 # An outage, not this job's bad luck: wait for it without using up retries.
                 raise CircuitOpen(time.time() + 1, f"the model is failing ({exc})") from exc
             raise
         except PermanentLLMError:
+            observe_llm_call(
+                model, "permanent_error", time.perf_counter() - started, None, job.tenant
+            )
             breaker.succeeded(permit)  # the model answered; the request was at fault
             raise
+    # Counted as spent when the call returns: what the account is billed, whatever then
+    # becomes of the job.
+    observe_llm_call(
+        answer.model or model, "ok", time.perf_counter() - started, answer.usage, job.tenant
+    )
     breaker.succeeded(permit)
     return answer
 
@@ -164,6 +195,7 @@ def generate_answer(self: ScribesTask, *, job_id: str) -> None:
             answers=services.answers,
             breaker=services.llm_breaker if guarded else None,
             fallback=services.fallback_writer,
+            budgets=services.budgets if guarded else None,
         )
     except CircuitOpen as exc:
         # A little jitter, so that the jobs waiting on one probe do not all come back at once.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import workers.lifecycle  # noqa: F401  (connects the worker signals)
+import workers.lifecycle
+import workers.metrics  # noqa: F401  (counts every task run)
 from tasks.app import app
 
 __all__ = ["app"]

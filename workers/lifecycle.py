@@ -14,9 +14,12 @@ from redis import Redis
 from rag.keys import sweep_lock_key
 from rag.records.heartbeats import HEARTBEAT_INTERVAL_S
 from rag.services import process_services
+from rag.telemetry.metrics import JOBS_REQUEUED
+from tasks.base import trace_tasks
 from tasks.names import QueueName
 from tasks.pipeline import requeue_stalled, requeue_stalled_documents
 from workers.leases import MessageLeases, uses_redis_broker
+from workers.metrics import serve_host_metrics
 from workers.pools import POOLS, PoolSpec
 
 __all__ = ["current_pool"]
@@ -36,6 +39,9 @@ def current_pool() -> PoolSpec | None:
 def _warm(spec: PoolSpec) -> None:
     started = time.perf_counter()
     services = process_services()
+    # Here, in the process that runs the tasks, after any fork: the span exporter's thread
+    # would not survive one.
+    trace_tasks(services.settings, component=spec.name)
     if spec.loads_model:
         services.embedder()
         services.token_counter()
@@ -61,6 +67,9 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     if spec.pool != "prefork":
         _warm(spec)
     hostname = getattr(sender, "hostname", None) or f"{spec.name}@{socket.gethostname()}"
+    port = process_services().settings.metrics_port
+    if port is not None:
+        serve_host_metrics(port)
     _start_leases(getattr(sender, "app", None))
     _stop.clear()
     threading.Thread(
@@ -122,15 +131,17 @@ def _heartbeat(spec: PoolSpec, hostname: str) -> None:
             if services.redis.set(
                 sweep_lock_key(), hostname, nx=True, ex=int(HEARTBEAT_INTERVAL_S)
             ):
-                requeue_stalled(
+                jobs = requeue_stalled(
                     services.jobs, stall_s=settings.stall_s, deadline_s=settings.job_deadline_s
                 )
-                requeue_stalled_documents(
+                documents = requeue_stalled_documents(
                     services.documents,
                     services.staging,
                     stall_s=settings.stall_s,
                     index_backlog=_index_backlog(settings.broker_url),
                 )
+                JOBS_REQUEUED.labels("question").inc(len(jobs))
+                JOBS_REQUEUED.labels("document").inc(len(documents))
         except Exception:  # a missed beat is reported by its absence; keep beating
             log.exception("heartbeat failed")
         _stop.wait(HEARTBEAT_INTERVAL_S)

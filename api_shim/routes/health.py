@@ -16,6 +16,9 @@ from fastapi.responses import JSONResponse
 from api_shim.deps import AppDeps, Deps, Tenant
 from api_shim.errors import error_body
 from rag.breaker import BreakerState
+from rag.records.usage import usd
+from rag.telemetry.collectors import read_queues
+from tasks.names import QueueName
 from tasks.pipeline import broker_answers
 from workers.pools import POOLS
 
@@ -56,14 +59,24 @@ def readyz(deps: AppDeps) -> JSONResponse:
 
 
 @router.get("/v1/status")
-def status(_: Tenant, deps: AppDeps) -> dict[str, Any]:
-    """Every part of the system: Redis, the broker, each pool's live processes, the store."""
+def status(tenant: Tenant, deps: AppDeps) -> dict[str, Any]:
+    """Every part of the system: Redis, the broker, each pool's live processes, the store;
+    and the calling tenant's questions and dollars today (UTC)."""
     checks: dict[str, bool] = _serving_checks(deps)
     processes: dict[str, int] = {}
     breakers: dict[str, Any] = {}
+    usage: dict[str, Any] | None = None
+    queues: dict[str, Any] | None = None
     if checks["redis"]:
         services = deps.services
+        today = services.usage.today(tenant)
+        usage = {
+            "date": today.day.isoformat(),
+            "questions": today.totals.questions,
+            "cost_usd": usd(today.totals.cost_usd),
+        }
         processes = services.heartbeats.alive(POOLS)
+        queues = _queues(deps.settings.broker_url)
         checks.update({f"pool:{name}": count > 0 for name, count in processes.items()})
         checks["vector_store"] = services.heartbeats.store_answers()
         if deps.settings.uses_anthropic:
@@ -77,4 +90,25 @@ def status(_: Tenant, deps: AppDeps) -> dict[str, Any]:
         "checks": checks,
         "pools": {name: {"processes": processes.get(name, 0)} for name in POOLS},
         "breakers": breakers,
+        "queues": queues,
+        "usage": usage,
+    }
+
+
+def _queues(broker_url: str) -> dict[str, Any] | None:
+    """Each queue's waiting and unacknowledged messages, and its oldest message's age."""
+    try:
+        readings = read_queues(broker_url, [queue.value for queue in QueueName])
+    except Exception:  # any transport's error; the broker's own check says it is down
+        return None
+    return {
+        reading.queue: {
+            "depth": reading.depth,
+            "ready": reading.ready,
+            "unacked": reading.unacked,
+            "oldest_age_s": None
+            if reading.oldest_age_s is None
+            else round(reading.oldest_age_s, 1),
+        }
+        for reading in readings
     }

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -13,10 +14,14 @@ from typing import Any
 from redis import Redis
 
 from rag.keys import active_jobs_key, delivery_count_key, job_key
+from rag.quality import Quality
 from rag.types import Answer, Failure, Passage, Usage
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FINISHED",
+    "JobFinished",
     "JobRecord",
     "JobStatus",
     "JobStore",
@@ -73,9 +78,10 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 status = redis.call('HGET', KEYS[1], 'status')
 if {lua_is_finished("status")} then
   redis.call('ZREM', KEYS[2], ARGV[4])
-else
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  -- What the finish hook reports: the job's tenant and when it was asked.
+  return redis.call('HMGET', KEYS[1], 'tenant', 'created_at')
 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -109,6 +115,8 @@ class JobRecord:
     answer_cache_key: str
     created_at: float
     request_id: str | None = None
+    # The W3C traceparent of the request that created the job: a re-enqueue continues it.
+    traceparent: str | None = None
     answer: Answer | None = None
     cached: str | None = None
     error: Failure | None = None
@@ -153,6 +161,7 @@ def _decode(raw: dict[str, str]) -> JobRecord:
         answer_cache_key=raw.get("answer_cache_key", ""),
         created_at=float(raw["created_at"]),
         request_id=raw.get("request_id") or None,
+        traceparent=raw.get("traceparent") or None,
         answer=_answer_of(raw),
         cached=raw.get("cached") or None,
         error=Failure.from_json(json.loads(raw["error"])) if raw.get("error") else None,
@@ -174,15 +183,40 @@ def _answer_of(raw: dict[str, str]) -> Answer | None:
         no_context=raw.get("no_context") == "1",
         degraded=raw.get("degraded") == "1",
         usable=raw.get("usable", "1") == "1",
+        quality=Quality.from_json(json.loads(raw["quality"])) if raw.get("quality") else None,
     )
 
 
-class JobStore:
-    """Reads and writes job records; every write keeps the record's time to live."""
+@dataclass(frozen=True, slots=True)
+class JobFinished:
+    """A job has just finished, reported once (the record's write that finished it).
 
-    def __init__(self, redis: Redis, *, ttl_s: int) -> None:
+    `outcome` is answered, no_context or failed; `cache` is exact or miss.
+    """
+
+    job_id: str
+    tenant: str
+    outcome: str
+    cache: str
+    duration_s: float
+    answer: Answer | None = None
+    error: Failure | None = None
+
+
+FinishHook = Callable[[JobFinished], None]
+
+
+class JobStore:
+    """Reads and writes job records; every write keeps the record's time to live.
+
+    `on_finish` hears of every job as it finishes, once, whichever process finishes it
+    (metrics and the usage ledger listen); it must not raise.
+    """
+
+    def __init__(self, redis: Redis, *, ttl_s: int, on_finish: FinishHook | None = None) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._on_finish = on_finish
         self._advance = redis.register_script(_ADVANCE)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
@@ -197,6 +231,7 @@ class JobStore:
         corpus_version: int,
         answer_cache_key: str,
         request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> JobRecord:
         record = JobRecord(
             id=job_id,
@@ -209,9 +244,15 @@ class JobStore:
             answer_cache_key=answer_cache_key,
             created_at=time.time(),
             request_id=request_id,
+            traceparent=traceparent,
         )
         self._write(
-            record, {"corpus_version": corpus_version, "answer_cache_key": answer_cache_key}
+            record,
+            {
+                "corpus_version": corpus_version,
+                "answer_cache_key": answer_cache_key,
+                **({"traceparent": traceparent} if traceparent else {}),
+            },
         )
         return record
 
@@ -246,6 +287,9 @@ class JobStore:
         assert record.answer is not None
         self._write(
             record, {"finished_at": now, "cached": "exact", **_answer_fields(record.answer)}
+        )
+        self._finished(
+            JobFinished(job_id, tenant, _outcome_of(record.answer), "exact", 0.0, record.answer)
         )
         return record
 
@@ -350,22 +394,56 @@ class JobStore:
             "note": "",
             **_answer_fields(answer),
         }
-        return self._move(job_id, Stage.DONE, fields)
+        moved = self._advance_raw(job_id, Stage.DONE, fields)
+        if isinstance(moved, list):
+            tenant, created_at = moved
+            self._finished(
+                JobFinished(
+                    job_id,
+                    str(tenant),
+                    _outcome_of(answer),
+                    "miss",
+                    now - float(created_at),
+                    answer,
+                )
+            )
+        return bool(moved)
 
     def fail(self, job_id: str, failure: Failure) -> bool:
+        now = time.time()
         fields: dict[str, str | int | float] = {
             "status": JobStatus.FAILED.value,
             "stage": Stage.DONE.value,
-            "finished_at": time.time(),
+            "finished_at": now,
             "error": json.dumps(failure.to_json()),
         }
-        return self._move(job_id, Stage.DONE, fields)
+        moved = self._advance_raw(job_id, Stage.DONE, fields)
+        if isinstance(moved, list):
+            tenant, created_at = moved
+            self._finished(
+                JobFinished(
+                    job_id, str(tenant), "failed", "miss", now - float(created_at), error=failure
+                )
+            )
+        return bool(moved)
+
+    def _finished(self, event: JobFinished) -> None:
+        if self._on_finish is None:
+            return
+        try:
+            self._on_finish(event)
+        except Exception:  # a listener must never undo or fail the job's own write
+            log.exception("job finish hook failed for %s", event.job_id)
 
     def _move(self, job_id: str, stage: Stage, fields: dict[str, str | int | float]) -> bool:
+        return bool(self._advance_raw(job_id, stage, fields))
+
+    def _advance_raw(self, job_id: str, stage: Stage, fields: dict[str, str | int | float]) -> Any:
+        """0 when refused, 1 when moved, [tenant, created_at] when the move finished it."""
         args: list[str | int | float] = [stage.rank, self._ttl_s, time.time(), job_id]
         for name, value in fields.items():
             args.extend((name, value))
-        return bool(self._advance(keys=[job_key(job_id), active_jobs_key()], args=args))
+        return self._advance(keys=[job_key(job_id), active_jobs_key()], args=args)
 
     def stalled(self, *, quiet_since: float, limit: int = 100) -> list[str]:
         """Unfinished jobs whose record has not moved since `quiet_since`, oldest first."""
@@ -383,6 +461,10 @@ class JobStore:
         self._redis.zrem(active_jobs_key(), job_id)
 
 
+def _outcome_of(answer: Answer) -> str:
+    return "no_context" if answer.no_context else "answered"
+
+
 def _answer_fields(answer: Answer) -> dict[str, str | int | float]:
     return {
         "answer": answer.text,
@@ -392,4 +474,5 @@ def _answer_fields(answer: Answer) -> dict[str, str | int | float]:
         "usable": "1" if answer.usable else "0",
         "model": answer.model,
         "usage": json.dumps(answer.usage.to_json()),
+        "quality": json.dumps(answer.quality.to_json()) if answer.quality else "",
     }

@@ -20,6 +20,7 @@ import pytest
 
 from scribes.localredis import free_port
 from tests.cluster import running_redis
+from tests.metrics_scrape import scrape
 
 SCRIBES = [sys.executable, "-m", "scribes.cli"]
 QUESTION = "Why was it undignified for the father to run to the prodigal son?"
@@ -141,8 +142,26 @@ def test_readiness_and_status_answer(scribes_up: RunningUp) -> None:
     assert {"pool:embed", "pool:retrieve", "pool:generate", "pool:index", "vector_store"} <= set(
         status["checks"]
     )
+    assert set(status["queues"]) == {"embed", "retrieve", "generate", "index"}
+    assert status["usage"]["questions"] >= 1  # the --ask question, today
     printed = _scribes("status", env=scribes_up.env)
     assert printed.returncode == 0 and "ok   pool:embed (1 processes)" in printed.stdout
+    assert "queue generate: " in printed.stdout
+    assert "today (" in printed.stdout and " questions, $" in printed.stdout
+
+
+def test_one_scrape_of_the_api_has_every_process_of_the_host(scribes_up: RunningUp) -> None:
+    scraped = scrape(f"{scribes_up.api_url}/metrics")
+    # The --ask question went through three pools, each its own process (embed's task in
+    # a prefork child): the API's one scrape counts all of them.
+    for queue in ("embed", "retrieve", "generate"):
+        assert scraped.value("scribes_tasks_total", {"queue": queue, "outcome": "succeeded"}) >= 1
+    assert scraped.value("scribes_questions_total", {"outcome": "answered"}) >= 1
+    for pool in ("embed", "retrieve", "generate", "index"):
+        assert scraped.value("scribes_pool_up", {"pool": pool}) == 1
+    # Flower serves its own series; they are not mixed into the host's.
+    assert not any(name.startswith("flower_") for name in scraped.names())
+    assert (scribes_up.data_dir / "metrics").is_dir()
 
 
 def test_flower_asks_for_the_login_it_generated_and_printed_once(scribes_up: RunningUp) -> None:
