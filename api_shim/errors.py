@@ -20,18 +20,28 @@ log = logging.getLogger("scribes.api")
 
 
 class ApiError(Exception):
+    """`details` go into the error object beside code and message (e.g. `resets_at`)."""
+
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        details: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.details = details or {}
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def error_body(
+    code: str, message: str, details: dict[str, str] | None = None
+) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message, **(details or {})}}
 
 
 def _describe(error: RequestValidationError) -> str:
@@ -51,7 +61,9 @@ def install_error_handlers(app: FastAPI, *, redis_url: str) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers
+            error_body(exc.code, exc.message, exc.details),
+            status_code=exc.status,
+            headers=exc.headers,
         )
 
     @app.exception_handler(InvalidInput)

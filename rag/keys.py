@@ -26,6 +26,10 @@ __all__ = [
     "queued_documents_key",
     "staged_chunks_key",
     "sweep_lock_key",
+    "usage_day_key",
+    "usage_month_key",
+    "usage_recorded_key",
+    "usage_tenants_key",
     "vector_store_health_key",
 ]
 
@@ -124,3 +128,23 @@ def sweep_lock_key() -> str:
 def queued_documents_key() -> str:
     # (tenant, document) of revisions not yet indexed, scored by their last progress.
     return f"{_PREFIX}:docs:queued"
+
+
+def usage_day_key(tenant: str, day: str) -> str:
+    # `day` is YYYY-MM-DD in UTC: one hash of counts and dollars per tenant per day.
+    return f"{_PREFIX}:usage:{tenant}:{day}"
+
+
+def usage_month_key(tenant: str, month: str) -> str:
+    # `month` is YYYY-MM in UTC: the month's dollars, read by the budget check.
+    return f"{_PREFIX}:usage:{tenant}:month:{month}"
+
+
+def usage_tenants_key(month: str) -> str:
+    # Tenants with any usage in the month, for the budget gauges.
+    return f"{_PREFIX}:tenants:usage:{month}"
+
+
+def usage_recorded_key(job_id: str) -> str:
+    # Set when a job's usage enters the ledger, so that it never enters twice.
+    return job_key(job_id) + ":usage"

@@ -13,6 +13,7 @@ from api_shim.deps import AppDeps, Tenant
 from api_shim.errors import ApiError
 from api_shim.views import job_view
 from rag.records.jobs import new_job_id
+from rag.telemetry.tracing import current_traceparent, tag_span
 from rag.types import Failure
 from rag.validation import validate_question
 from tasks.pipeline import enqueue_question
@@ -42,6 +43,7 @@ def submit_question(
     request_id = request.headers.get("x-request-id")
     cache = services.answers.lookup(settings, tenant=tenant, question=question, top_k=top_k)
     job_id = new_job_id()
+    tag_span(job_id=job_id, tenant=tenant, request_id=request_id)
     cached = cache.answer
     if cached is not None:
         job = services.jobs.create_finished(
@@ -53,6 +55,17 @@ def submit_question(
             request_id=request_id,
         )
         return JSONResponse(job_view(job), status_code=200)
+    # Only a model costs money; cached answers (above) are served over budget too.
+    if settings.uses_anthropic and settings.budget_action == "reject":
+        spent = services.budgets.exceeded(tenant)
+        if spent is not None:
+            raise ApiError(
+                402,
+                "budget_exceeded",
+                spent.message,
+                headers={"Retry-After": str(spent.retry_after_s)},
+                details={"period": spent.period, "resets_at": spent.resets_at_iso},
+            )
     services.jobs.create(
         job_id=job_id,
         tenant=tenant,
@@ -61,6 +74,7 @@ def submit_question(
         corpus_version=cache.corpus_version,
         answer_cache_key=cache.key,
         request_id=request_id,
+        traceparent=current_traceparent(),
     )
     try:
         enqueue_question(
