@@ -1,12 +1,16 @@
 """The one way to define a Scribes task: `@scribes_task(TaskName.X, …)` over `ScribesTask`.
 
 Every task then:
-- carries its job, tenant and request ids into every log line it writes (`tasks.context`);
+- carries its job, tenant and request ids into every log line of its run, Celery's own
+  included (`tasks.context`);
 - measures its run time and how long its message waited on the broker, from the enqueue
   time stamped into the message headers at publish, and hands both to the observers
   registered with `observe_timings` (the metrics exporter is one);
 - writes a final failure where the user looks: the job record for a question task, the
-  document record for an index or store task, with a code and a reason.
+  document record for an index or store task, with a code and a reason;
+- with tracing on (`trace_tasks`), runs in a span of OpenTelemetry's Celery instrumentation,
+  which carries the trace context in the message headers from each publish to its run,
+  and puts the task's ids on that span.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
-from celery.signals import before_task_publish
+from celery.signals import before_task_publish, task_postrun, task_prerun
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from rag.services import process_services
+from rag.settings import Settings
+from rag.telemetry.tracing import configure_tracing, tag_span
 from rag.types import Failure
 from rag.writers.base import PermanentLLMError, TransientLLMError
-from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER, TaskIds, bound_ids
+from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER, TaskIds, bound_ids, set_ids
 from tasks.names import TaskName
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "observe_timings",
     "scribes_task",
     "stop_chain",
+    "trace_tasks",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,18 @@ def _stamp_enqueue_time(headers: dict[str, Any] | None = None, **_: Any) -> None
         headers[ENQUEUED_AT_HEADER] = time.time()
 
 
+@task_prerun.connect
+def _bind_run_ids(task: Any = None, kwargs: Any = None, **_: Any) -> None:
+    # Until postrun, so that Celery's own lines about the run (succeeded, retry) carry them.
+    if isinstance(task, ScribesTask):
+        set_ids(task._ids(kwargs))
+
+
+@task_postrun.connect
+def _unbind_run_ids(**_: Any) -> None:
+    set_ids(None)
+
+
 class ScribesTask(Task):  # type: ignore[misc]
     """The base of every task; see the module's docstring."""
 
@@ -87,7 +107,16 @@ class ScribesTask(Task):  # type: ignore[misc]
         started = time.time()
         wait_s = self._queue_wait(started)
         outcome = "failed"
-        with bound_ids(self._ids(kwargs)):
+        ids = self._ids(kwargs)
+        with bound_ids(ids):
+            # The run's span, started by the instrumentation before this call, if tracing.
+            tag_span(
+                job_id=ids.job_id,
+                tenant=ids.tenant,
+                request_id=ids.request_id,
+                document_id=ids.document_id,
+                revision=ids.revision,
+            )
             if self._poisoned(kwargs):
                 self._report(TaskTiming(self.name, self._queue(), "poisoned", wait_s, 0.0))
                 return None
@@ -236,6 +265,18 @@ def scribes_task(
         **retrying,
     )
     return decorator
+
+
+def trace_tasks(settings: Settings, component: str) -> bool:
+    """Trace this process's task publishes and runs, when tracing is configured; once per
+    process (after a fork), by the API and by every worker process that runs tasks."""
+    provider = configure_tracing(settings, component)
+    if provider is None:
+        return False
+    instrumentor = CeleryInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
+    return True
 
 
 def failure_of(exc: BaseException) -> Failure:

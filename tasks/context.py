@@ -14,7 +14,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["REQUEST_ID_HEADER", "TENANT_HEADER", "TaskIds", "bound_ids", "current_ids"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "TENANT_HEADER",
+    "TaskIds",
+    "bound_ids",
+    "current_ids",
+    "set_ids",
+]
 
 # Message headers of a question's tasks: who asked, and the gateway's X-Request-ID.
 TENANT_HEADER = "scribes_tenant"
@@ -75,6 +82,12 @@ def bound_ids(ids: TaskIds) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def set_ids(ids: TaskIds | None) -> None:
+    """Bind `ids` in this thread until the next call: for work that is not one block, such
+    as a task's run from Celery's prerun signal to its postrun."""
+    _current.set(ids)
 
 
 def _text(value: object) -> str | None:

@@ -13,6 +13,7 @@ from rag.records.documents import DocumentRecord, DocumentRegistry, DocumentStat
 from rag.records.jobs import JobStore, Stage
 from rag.records.pending import PendingQuestions
 from rag.records.staging import ChunkStaging
+from rag.telemetry.tracing import continued_trace, inject_trace, tag_span, tracer
 from tasks.app import app
 from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER
 from tasks.embed import embed_query
@@ -62,11 +63,13 @@ def enqueue_question(
 def _enqueue_steps(
     job_id: str, stage: Stage, *, tenant: str, request_id: str | None, expires: datetime
 ) -> None:
-    options: dict[str, Any] = {
-        "expires": expires,
-        # Read by every task's log lines (tasks.context); never by the work itself.
-        "headers": {TENANT_HEADER: tenant, REQUEST_ID_HEADER: request_id},
-    }
+    # Read by every task's log lines (tasks.context); never by the work itself.
+    headers: dict[str, str | None] = {TENANT_HEADER: tenant, REQUEST_ID_HEADER: request_id}
+    # The trace goes on from here even where this process does not trace its publishes
+    # (a prefork pool's main process runs the stall sweep); where it does, the Celery
+    # instrumentation writes its publish span over this.
+    inject_trace(headers)
+    options: dict[str, Any] = {"expires": expires, "headers": headers}
     steps = _STEPS[_FIRST_STEP[stage] :]
     chain(*(step.si(job_id=job_id).set(**options) for step in steps)).apply_async()
 
@@ -111,14 +114,27 @@ def requeue_stalled(jobs: JobStore, *, stall_s: float, deadline_s: int) -> list[
     now = time.time()
     requeued: list[str] = []
     for job_id in jobs.stalled(quiet_since=now - stall_s):
-        job = jobs.get(job_id)
+        try:
+            job = jobs.get(job_id)
+        except (KeyError, ValueError, TypeError):
+            # A record that cannot be read cannot be resumed; it must not stop the others.
+            log.exception("job %s has an unreadable record; the sweep leaves it", job_id)
+            jobs.forget(job_id)
+            continue
         if job is None or job.finished or now - job.created_at > deadline_s:
             jobs.forget(job_id)  # nothing to do, or the next poll fails it
             continue
         expires = datetime.fromtimestamp(job.created_at + deadline_s, UTC)
-        _enqueue_steps(
-            job_id, job.stage, tenant=job.tenant, request_id=job.request_id, expires=expires
-        )
+        # Back into the job's own trace, under the API request that created it.
+        with (
+            continued_trace(job.traceparent),
+            tracer.start_as_current_span("requeue stalled job") as span,
+        ):
+            tag_span(job_id=job_id, tenant=job.tenant, request_id=job.request_id, span=span)
+            span.set_attribute("scribes.stage", job.stage.value)
+            _enqueue_steps(
+                job_id, job.stage, tenant=job.tenant, request_id=job.request_id, expires=expires
+            )
         jobs.touch(job_id)
         log.warning("job %s made no progress at stage %s; enqueued it again", job_id, job.stage)
         requeued.append(job_id)

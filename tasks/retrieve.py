@@ -14,6 +14,7 @@ from rag.records.jobs import JobStore, Stage
 from rag.retrieval import retrieve_passages
 from rag.services import process_services
 from rag.store import VectorStore
+from rag.telemetry.tracing import tracer
 from tasks.base import ScribesTask, scribes_task, stop_chain
 from tasks.names import TaskName
 
@@ -40,14 +41,24 @@ def find_passages(
     job = jobs.get(job_id)
     if job is None or job.query_vector is None:
         return Retrieved.SKIPPED
-    passages = retrieve_passages(
-        store,
-        documents,
-        tenant=job.tenant,
-        vector=decode_vector(job.query_vector).tolist(),
-        top_k=job.top_k,
-        score_threshold=score_threshold,
-    )
+    with tracer.start_as_current_span("vector search") as span:
+        passages = retrieve_passages(
+            store,
+            documents,
+            tenant=job.tenant,
+            vector=decode_vector(job.query_vector).tolist(),
+            top_k=job.top_k,
+            score_threshold=score_threshold,
+        )
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "db.system.name": "qdrant",  # every store adapter is Qdrant's
+                    "db.operation.name": "search",
+                    "scribes.top_k": job.top_k,
+                    "scribes.passages": len(passages),
+                }
+            )
     if not passages:
         # Nothing relevant: say so plainly and never spend a call on the writer.
         answer = no_context_answer()

@@ -1,4 +1,11 @@
-"""The writer that asks Anthropic's Messages API for the answer, with errors in domain terms."""
+"""The writer that asks Anthropic's Messages API for the answer, with errors in domain terms.
+
+Each call is a span `chat <model>` with OpenTelemetry's GenAI attributes; as those
+conventions ask, `gen_ai.usage.input_tokens` counts every input token, the cached ones
+(`gen_ai.usage.cache_read.input_tokens`, `…cache_creation…`) included, while `Usage` keeps
+Anthropic's own split. The SDK's own span (`anthropic.messages.create`) is turned off: it
+has no `gen_ai.usage.input_tokens`, and a second span per call would say the same again.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,13 @@ import email.utils
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import anthropic
-from anthropic.types import TextBlockParam
+from anthropic.types import Message, TextBlockParam
+from opentelemetry.trace import Span, SpanKind
 
+from rag.telemetry.tracing import tracer
 from rag.types import Draft, Passage, Usage
 from rag.urls import redact_url
 from rag.writers.base import LLMError, PermanentLLMError, TransientLLMError
@@ -47,12 +57,19 @@ class AnthropicWriter:
     ) -> None:
         self.model = model
         self.base_url = base_url or DEFAULT_BASE_URL
+        self._server_address = urlsplit(self.base_url).hostname or self.base_url
         self._max_output_tokens = max_output_tokens
         self._context_max_tokens = context_max_tokens
         self._count_tokens = count_tokens
         # max_retries=0: Celery is the one retry layer, re-queuing with the server's retry-after.
+        # open_telemetry=False: the span is ours (above), and the SDK then reads no
+        # ANTHROPIC_OPEN_TELEMETRY* variables either.
         self._client = anthropic.Anthropic(
-            api_key=api_key, base_url=self.base_url, timeout=timeout_s, max_retries=0
+            api_key=api_key,
+            base_url=self.base_url,
+            timeout=timeout_s,
+            max_retries=0,
+            open_telemetry=False,
         )
 
     def prompt_for(self, question: str, passages: Sequence[Passage]) -> Prompt:
@@ -69,6 +86,33 @@ class AnthropicWriter:
 
     def write_prompt(self, prompt: Prompt) -> Draft:
         """One Messages API call; raises TransientLLMError or PermanentLLMError on failure."""
+        with tracer.start_as_current_span(f"chat {self.model}", kind=SpanKind.CLIENT) as span:
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.system": "anthropic",
+                        "gen_ai.provider.name": "anthropic",
+                        "gen_ai.request.model": self.model,
+                        "gen_ai.request.max_tokens": self._max_output_tokens,
+                        "server.address": self._server_address,
+                    }
+                )
+            try:
+                message = self._create(prompt)
+            except LLMError as exc:
+                # The span's status and exception event come from the context manager.
+                span.set_attribute("error.type", exc.error_type or type(exc).__name__)
+                cause = exc.__cause__
+                if isinstance(cause, anthropic.APIStatusError) and cause.request_id:
+                    span.set_attribute("anthropic.request.id", cause.request_id)
+                raise
+            draft = self._draft_of(message)
+            if span.is_recording():
+                _record_response(span, message, draft.usage)
+            return draft
+
+    def _create(self, prompt: Prompt) -> Message:
         # The system prompt is the same for every question: mark it as a cache breakpoint.
         system: list[TextBlockParam] = [
             {"type": "text", "text": prompt.system, "cache_control": {"type": "ephemeral"}}
@@ -95,7 +139,9 @@ class AnthropicWriter:
             ) from exc
         except anthropic.AnthropicError as exc:
             raise PermanentLLMError(f"Anthropic call failed unexpectedly: {exc}") from exc
+        return message
 
+    def _draft_of(self, message: Message) -> Draft:
         text = "".join(block.text for block in message.content if block.type == "text")
         usage = message.usage
         return Draft(
@@ -157,6 +203,23 @@ _PERMANENT_HINTS = {
     404: "the model or endpoint does not exist; check SCRIBES_LLM_MODEL and ANTHROPIC_BASE_URL",
     413: "the prompt is too large; lower SCRIBES_CONTEXT_MAX_TOKENS",
 }
+
+
+def _record_response(span: Span, message: Message, usage: Usage) -> None:
+    cached = usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+    span.set_attributes(
+        {
+            "gen_ai.response.model": message.model,
+            "gen_ai.response.id": message.id,
+            "gen_ai.response.finish_reasons": [message.stop_reason or "unknown"],
+            "gen_ai.usage.input_tokens": usage.input_tokens + cached,
+            "gen_ai.usage.output_tokens": usage.output_tokens,
+            "gen_ai.usage.cache_read.input_tokens": usage.cache_read_input_tokens,
+            "gen_ai.usage.cache_creation.input_tokens": usage.cache_creation_input_tokens,
+        }
+    )
+    if message._request_id:  # what Anthropic's support asks for about a call
+        span.set_attribute("anthropic.request.id", message._request_id)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

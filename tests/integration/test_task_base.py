@@ -158,12 +158,16 @@ def test_the_sweep_enqueues_a_stalled_job_again_from_its_stage(
     jobs.start_stage(stuck, Stage.GENERATE)  # its generate message was then lost
     jobs.succeed(done, Answer("yes"), last_stage=Stage.GENERATE)
     client.hset(f"scribes:job:{expired}", "created_at", time.time() - 3600)
+    # A record that cannot be read (half written by hand, say) must not stop the sweep.
+    client.hset("scribes:job:unreadable", mapping={"id": "unreadable", "stage": "nonsense"})
+    client.zadd("scribes:jobs:active", {"unreadable": time.time() - 3600})
     before = client.llen("generate") + client.llen("embed")
 
     assert requeue_stalled(jobs, stall_s=60, deadline_s=300) == []  # nothing quiet for 60 s
     requeued = requeue_stalled(jobs, stall_s=0, deadline_s=300)
 
     assert requeued == [stuck]
+    assert client.zscore("scribes:jobs:active", "unreadable") is None
     # Its own stage again, not the whole chain; the expired one is left to fail on its poll.
     assert client.llen("generate") + client.llen("embed") == before + 1
     assert client.llen("generate") >= 1
