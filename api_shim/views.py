@@ -26,6 +26,7 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "cached": job.cached,
         "model": (answer.model or None) if answer else None,
         "usage": (answer.usage if answer else Usage()).to_json(),
+        "quality": answer.quality.to_json() if answer and answer.quality else None,
         "timings": job.timings_ms(),
         "note": job.note,
         "error": job.error.to_json() if job.error else None,

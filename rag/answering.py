@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
+from rag.quality import NO_CONTEXT_QUALITY, measure_quality
 from rag.types import Answer, Passage
 from rag.writers.base import AnswerWriter
 from rag.writers.extractive import EXTRACTIVE_MODEL
@@ -22,7 +23,7 @@ NO_CONTEXT_ANSWER = (
 
 def no_context_answer() -> Answer:
     """What a question gets when no passage is relevant; no writer is asked."""
-    return Answer(text=NO_CONTEXT_ANSWER, no_context=True)
+    return Answer(text=NO_CONTEXT_ANSWER, no_context=True, quality=NO_CONTEXT_QUALITY)
 
 
 def compose_answer(question: str, passages: Sequence[Passage], writer: AnswerWriter) -> Answer:
@@ -32,9 +33,14 @@ def compose_answer(question: str, passages: Sequence[Passage], writer: AnswerWri
     finished = finish_answer(draft.text, passages, system_prompt=SYSTEM_PROMPT)
     price = Decimal(0) if draft.model == EXTRACTIVE_MODEL else cost_usd(draft.model, draft.usage)
     usage = draft.usage.priced(price)
+    quality = measure_quality(passages, finished.text)
     if not finished.usable:
-        return Answer(text=finished.text, model=draft.model, usage=usage, usable=False)
+        return Answer(
+            text=finished.text, model=draft.model, usage=usage, usable=False, quality=quality
+        )
     cited = set(finished.cited)
     # Sources are what the answer cites; an answer citing nothing shows all it was given.
     shown = tuple(p for p in passages if p.number in cited) or tuple(passages)
-    return Answer(text=finished.text, sources=shown, model=draft.model, usage=usage)
+    return Answer(
+        text=finished.text, sources=shown, model=draft.model, usage=usage, quality=quality
+    )

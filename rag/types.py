@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from rag.quality import Quality
+
 __all__ = [
     "Answer",
     "ChunkHit",
@@ -187,6 +189,8 @@ class Answer:
     degraded: bool = False
     # False when nothing usable was left, e.g. the leak filter removed every sentence.
     usable: bool = True
+    # How well it is grounded (rag.quality); None when nothing measured it.
+    quality: Quality | None = None
 
     @property
     def cacheable(self) -> bool:
@@ -202,6 +206,7 @@ class Answer:
             "usage": self.usage.to_json(),
             "degraded": self.degraded,
             "usable": self.usable,
+            "quality": self.quality.to_json() if self.quality else None,
         }
 
     @classmethod
@@ -214,6 +219,7 @@ class Answer:
             no_context=bool(data.get("no_context")),
             degraded=bool(data.get("degraded")),
             usable=bool(data.get("usable", True)),
+            quality=Quality.from_json(data["quality"]) if data.get("quality") else None,
         )
 
 

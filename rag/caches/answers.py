@@ -17,7 +17,7 @@ from rag.types import Answer
 __all__ = ["AnswerCache", "CacheLookup", "normalise_question", "pipeline_fingerprint"]
 
 # Bump when prompt assembly or post-processing changes what an answer would be.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: answers carry their quality
 _SPACES = re.compile(r"\s+")
 _TRAILING = re.compile(r"[\s?!.]+$")
 

@@ -6,9 +6,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rag.chunking import split_sentences
 from rag.types import Passage
 
-__all__ = ["LEAK_REFUSAL", "LEAK_RUN_WORDS", "NO_USABLE_ANSWER", "FinishedAnswer", "finish_answer"]
+__all__ = [
+    "LEAK_REFUSAL",
+    "LEAK_RUN_WORDS",
+    "NO_USABLE_ANSWER",
+    "AnswerSentence",
+    "FinishedAnswer",
+    "answer_sentences",
+    "finish_answer",
+]
 
 LEAK_REFUSAL = "I can't share that."
 NO_USABLE_ANSWER = (
@@ -28,6 +37,7 @@ _GROUP = r"\[[ \t]*\d{1,4}(?:[ \t]*[,;\-–][ \t]*\d{1,4})*[ \t]*\]"
 _CITATION_RUN = re.compile(rf"([ \t]*)({_GROUP}(?:[ \t]*{_GROUP})*)")
 _NUMBER_OR_RANGE = re.compile(r"(\d+)(?:[ \t]*[\-–][ \t]*(\d+))?")
 _CANONICAL_MARK = re.compile(r"\[(\d+)\]")
+_LEADING_MARKS = re.compile(r"^(?:[ \t]*\[\d+\])+")
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,41 @@ def finish_answer(text: str, passages: Sequence[Passage], *, system_prompt: str)
     if leaked and not cited and _cite(text, valid)[1]:
         return FinishedAnswer(text=NO_USABLE_ANSWER, cited=(), usable=False)
     return FinishedAnswer(text=cleaned, cited=cited)
+
+
+@dataclass(frozen=True)
+class AnswerSentence:
+    """One sentence of a finished answer: its words without the marks, and the marks' numbers."""
+
+    text: str
+    cites: tuple[int, ...]
+
+
+def answer_sentences(text: str) -> list[AnswerSentence]:
+    """The sentences of a finished answer (marks already [n]), each with what it cites.
+
+    Each line is split as notes are chunked, so the "Dr." or "1 Pet. 2:9" that an extractive
+    answer quotes ends no sentence; marks that open a sentence ("… it. [2] Next") belong to
+    the sentence before them on that line, as in the leak filter, and so does a line of
+    nothing but marks.
+    """
+    found: list[tuple[str, list[int]]] = []
+    for line in text.split("\n"):
+        first_of_line = len(found)
+        for sentence in split_sentences(line):
+            lead = _LEADING_MARKS.match(sentence)
+            if (
+                lead
+                and found
+                and (len(found) > first_of_line or not sentence[lead.end() :].strip())
+            ):
+                found[-1][1].extend(int(n) for n in _CANONICAL_MARK.findall(lead.group()))
+                sentence = sentence[lead.end() :]
+            marks = [int(n) for n in _CANONICAL_MARK.findall(sentence)]
+            words = " ".join(_CITATION_RUN.sub("", sentence).split())
+            if words or marks:
+                found.append((words, marks))
+    return [AnswerSentence(words, tuple(dict.fromkeys(marks))) for words, marks in found]
 
 
 def _cite(text: str, valid: frozenset[int]) -> tuple[str, tuple[int, ...]]:
