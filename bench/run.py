@@ -28,6 +28,7 @@ from bench.notes import bench_notes, unique_questions
 from bench.pipeline import run_pipeline
 from bench.report import BenchResult, summary_table
 from bench.system import BenchSystem, progress, running_system
+from bench.telemetry import run_telemetry
 from bench.throughput import run_throughput
 
 __all__ = ["FULL", "QUICK", "BenchSizes", "main"]
@@ -112,6 +113,7 @@ BENCHMARKS: dict[str, Callable[[BenchSystem, BenchSizes, str], BenchResult]] = {
 # named with --only, since `faults` takes about 6 minutes.
 SEPARATE: dict[str, Callable[[Path], BenchResult]] = {
     "faults": run_faults,
+    "telemetry": run_telemetry,
 }
 
 

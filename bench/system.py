@@ -58,12 +58,15 @@ class BenchSystem:
 
 
 @contextmanager
-def running_system(work_dir: Path, notes: Sequence[BenchNote]) -> Iterator[BenchSystem]:
+def running_system(
+    work_dir: Path, notes: Sequence[BenchNote], extra_env: dict[str, str] | None = None
+) -> Iterator[BenchSystem]:
     """Start everything, ingest `notes` over HTTP and wait until every one is indexed."""
     env = {
         "SCRIBES_API_KEYS": f"{BENCH_API_KEY}={BENCH_TENANT}",
         # Empty: the extractive writer, whatever the caller's environment holds.
         "ANTHROPIC_API_KEY": "",
+        **(extra_env or {}),
     }
     settings = Settings(**env)  # type: ignore[arg-type]
     with running_redis(work_dir / "redis") as redis_server:

@@ -16,7 +16,7 @@ from bench.stats import format_ratio, ratio, summarise
 from bench.system import BENCH_API_KEY, BenchSystem, progress
 from rag.embedding import load_embedder
 
-__all__ = ["LoadOutcome", "run_throughput"]
+__all__ = ["LoadOutcome", "closed_loop_load", "run_throughput"]
 
 _JOB_TIMEOUT_S = 120.0
 _BASELINE_REPEATS = 2
@@ -54,7 +54,7 @@ def run_throughput(
     for number, concurrency in enumerate(levels):
         chunk = questions[number * per_level : (number + 1) * per_level]
         outcome = asyncio.run(
-            _load(
+            closed_loop_load(
                 system.cluster.api_url, chunk, concurrency=concurrency, poll_s=poll_s, max_s=max_s
             )
         )
@@ -153,9 +153,10 @@ def _outcome_details(outcome: LoadOutcome) -> dict[str, Any]:
     }
 
 
-async def _load(
+async def closed_loop_load(
     api_url: str, questions: Sequence[str], *, concurrency: int, poll_s: float, max_s: float
 ) -> LoadOutcome:
+    """`concurrency` clients, each asking, waiting for its answer, then asking the next."""
     outcome = LoadOutcome()
     pending: Iterator[str] = iter(questions)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
