@@ -141,16 +141,20 @@ class Budgets:
         Those are the tenants with an override, and, when a global limit is set, every tenant
         with usage this month (one that has none has its whole budget left).
         """
+        return [(tenant, period, left) for tenant, period, _, left in self.limits_and_remaining()]
+
+    def limits_and_remaining(self) -> list[tuple[str, Period, Decimal, Decimal]]:
+        """(tenant, period, limit, dollars left) for the tenants `remaining` names."""
         at = self._clock()
         tenants = {tenant for tenant, budget in self._budgets.items() if budget.limits()}
         if self._default.limits():
             tenants |= {t for t in self._ledger.tenants(at=at) if self.budget_for(t).limits()}
         ordered = sorted(tenants)
         spent = self._ledger.spent(ordered, at=at)
-        found: list[tuple[str, Period, Decimal]] = []
+        found: list[tuple[str, Period, Decimal, Decimal]] = []
         for tenant in ordered:
             daily, monthly = spent[tenant]
             for period, limit in self.budget_for(tenant).limits().items():
                 used = daily if period == "daily" else monthly
-                found.append((tenant, period, max(Decimal(0), limit - used)))
+                found.append((tenant, period, limit, max(Decimal(0), limit - used)))
         return found

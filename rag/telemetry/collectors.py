@@ -276,12 +276,20 @@ class ClusterCollector(Collector):
 
 
 def budget_gauges(budgets: Budgets) -> Iterable[Metric]:
-    """Dollars left of each tenant's daily and monthly budget; no series for one without."""
+    """Each tenant's daily and monthly budget and the dollars left of it; no series for a
+    tenant without one."""
     remaining = GaugeMetricFamily(
         "scribes_budget_remaining_usd",
         "Dollars left of a tenant's budget for the current UTC day or month (0 when spent).",
         labels=["tenant", "period"],
     )
-    for tenant, period, dollars in budgets.remaining():
-        remaining.add_metric([tenant, period], float(dollars))
+    limit = GaugeMetricFamily(
+        "scribes_budget_limit_usd",
+        "A tenant's budget for the current UTC day or month, in dollars.",
+        labels=["tenant", "period"],
+    )
+    for tenant, period, dollars, left in budgets.limits_and_remaining():
+        limit.add_metric([tenant, period], float(dollars))
+        remaining.add_metric([tenant, period], float(left))
+    yield limit
     yield remaining
