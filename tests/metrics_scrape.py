@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Scrape", "scrape"]
+__all__ = ["Scrape", "eventually", "scrape"]
+
+T = TypeVar("T")
 
 
 class Scrape:
@@ -40,3 +44,16 @@ def scrape(url: str, token: str | None = None) -> Scrape:
     response = httpx.get(url, headers=headers, timeout=10)
     response.raise_for_status()
     return Scrape(response.text)
+
+
+def eventually(check: Callable[[], T], timeout_s: float = 15.0) -> T:
+    """`check()` once it stops raising AssertionError: each process writes its metric files
+    as it counts, so a scrape may come a beat early."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

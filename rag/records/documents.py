@@ -25,6 +25,7 @@ from rag.keys import (
     documents_index_key,
     queued_documents_key,
 )
+from rag.telemetry.metrics import DOCUMENTS
 from rag.types import Failure
 
 __all__ = ["DocumentRecord", "DocumentRegistry", "DocumentStatus", "DocumentText"]
@@ -176,6 +177,7 @@ class DocumentRegistry:
             )
         )
         if done:
+            DOCUMENTS.labels("indexed").inc()
             with self._redis.pipeline(transaction=False) as pipe:
                 pipe.delete(document_text_key(tenant, document_id, revision))
                 pipe.zrem(queued_documents_key(), _member(tenant, document_id))
@@ -191,6 +193,7 @@ class DocumentRegistry:
             )
         )
         if failed:
+            DOCUMENTS.labels("failed").inc()
             self._redis.zrem(queued_documents_key(), _member(tenant, document_id))
         return failed
 

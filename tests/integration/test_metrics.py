@@ -6,23 +6,21 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from api_shim.app import create_app
 from rag.settings import Settings
-from scribes.localredis import LocalRedis, free_port
+from scribes.localredis import free_port
 from tasks.app import app
 from tasks.generate import generate_answer
-from tests.cluster import Cluster
+from tests.cluster import Cluster, running_redis
 from tests.integration.conftest import ALICE_KEY, BOB_KEY
 from tests.integration.test_question_path import MUSTARD, ask, ingest, unique
-from tests.metrics_scrape import Scrape, scrape
+from tests.metrics_scrape import Scrape, eventually, scrape
 
 QUEUES = {"embed", "retrieve", "generate", "index"}
 POOLS = {"embed", "retrieve", "generate", "index"}
@@ -32,23 +30,11 @@ def _metrics(cluster: Cluster) -> Scrape:
     return scrape(f"{cluster.api_url}/metrics")
 
 
-def _eventually(check, timeout_s: float = 15.0):  # type: ignore[no-untyped-def]
-    """The host's files are written as each process counts; a scrape may be a beat early."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
 def test_one_scrape_counts_every_process_and_the_cost_of_each_job(cluster: Cluster) -> None:
     document_id = unique("mustard")
     with cluster.client(ALICE_KEY) as alice:
-        ingest(alice, document_id, "The mustard seed", MUSTARD)
         before = _metrics(cluster)
+        ingest(alice, document_id, "The mustard seed", MUSTARD)
         jobs = [
             ask(alice, f"How many mustard seeds were in the jar, asked {unique('q')}?")[1]
             for _ in range(3)
@@ -89,9 +75,10 @@ def test_one_scrape_counts_every_process_and_the_cost_of_each_job(cluster: Clust
         assert delta("scribes_llm_requests_total", model=model, outcome="ok") == 3
         assert delta("scribes_llm_request_duration_seconds_count", model=model) == 3
         assert delta("scribes_api_requests_total", route="/v1/questions", status="2xx") >= 4
+        assert delta("scribes_documents_total", outcome="indexed") >= 1
         return after
 
-    after = _eventually(counted)
+    after = eventually(counted)
     # Read at scrape time: every queue, every pool up, the breaker closed.
     assert {labels["queue"] for labels in after.series("scribes_queue_depth")} == QUEUES
     assert {
@@ -127,22 +114,17 @@ def test_metrics_token_is_required_when_set(redis_url: str, tmp_path: Path) -> N
     assert "scribes_queue_depth" in Scrape(right.text).names()
 
 
-@pytest.fixture
-def lone_redis(tmp_path: Path) -> Iterator[LocalRedis]:
-    server = LocalRedis(tmp_path / "redis", free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_a_worker_only_host_serves_its_own_metrics(lone_redis: LocalRedis, tmp_path: Path) -> None:
+def test_a_worker_only_host_serves_its_own_metrics(tmp_path: Path) -> None:
     """`scribes worker POOL --metrics-port N`: no API on the host, its pool still scraped."""
+    with running_redis(tmp_path / "redis") as lone_redis:
+        _worker_host_metrics(lone_redis.url, tmp_path)
+
+
+def _worker_host_metrics(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
-        "REDIS_URL": lone_redis.url,
+        "REDIS_URL": redis_url,
         "SCRIBES_DATA_DIR": str(tmp_path / "data"),
     }
     scribes = Path(sys.executable).with_name("scribes")
@@ -165,7 +147,7 @@ def test_a_worker_only_host_serves_its_own_metrics(lone_redis: LocalRedis, tmp_p
                 assert time.monotonic() < deadline, "no metrics served"
                 time.sleep(0.3)
         # A job that does not exist: the task runs, finds nothing to do, and is counted.
-        with app.connection_for_write(lone_redis.url) as connection:
+        with app.connection_for_write(redis_url) as connection:
             generate_answer.apply_async(kwargs={"job_id": "no-such-job"}, connection=connection)
 
         def ignored() -> None:
@@ -174,10 +156,67 @@ def test_a_worker_only_host_serves_its_own_metrics(lone_redis: LocalRedis, tmp_p
             )
             assert seen == 1
 
-        _eventually(ignored, timeout_s=30)
+        eventually(ignored, timeout_s=30)
         # A worker host serves its own processes only: the system-wide series come from
         # the API (or `scribes exporter --cluster`), so none is scraped twice.
         assert "scribes_queue_depth" not in scrape(url).names()
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(30)
+
+
+def test_the_exporter_serves_a_hosts_directory_and_the_system_wide_series(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """`scribes exporter --cluster` over the directory the cluster's processes write to."""
+    scribes = str(Path(sys.executable).with_name("scribes"))
+    base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    refused = subprocess.run(
+        [scribes, "exporter", "--port", str(free_port())],
+        env={**base, "REDIS_URL": cluster.redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "scribes: set PROMETHEUS_MULTIPROC_DIR to the directory this host's processes write to"
+    ]
+
+    port = free_port()
+    env = {
+        **base,
+        "REDIS_URL": cluster.redis_url,
+        "SCRIBES_DATA_DIR": str(tmp_path),
+        "PROMETHEUS_MULTIPROC_DIR": str(cluster.supervisor.metrics_dir),
+    }
+    exporter = subprocess.Popen(
+        [scribes, "exporter", "--host", "127.0.0.1", "--port", str(port), "--cluster"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def served() -> Scrape:
+            try:
+                return scrape(url)
+            except httpx.HTTPError as exc:
+                assert exporter.poll() is None, "the exporter exited"
+                raise AssertionError("not serving yet") from exc
+
+        from_exporter = eventually(served, timeout_s=60)
+        from_api = _metrics(cluster)
+        # The same host's processes as the API's scrape, and the system-wide series.
+        embedded = {"queue": "embed", "task": "scribes.embed.query", "outcome": "succeeded"}
+        assert from_exporter.value("scribes_tasks_total", embedded) >= 1
+        assert from_exporter.value("scribes_tasks_total", embedded) <= from_api.value(
+            "scribes_tasks_total", embedded
+        )
+        assert {labels["queue"] for labels in from_exporter.series("scribes_queue_depth")} == QUEUES
+        assert from_exporter.value("scribes_pool_up", {"pool": "generate"}) >= 1
+    finally:
+        os.killpg(exporter.pid, 15)
+        exporter.wait(30)

@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +13,7 @@ from tests.cluster import Cluster
 from tests.fake_anthropic import LEAK_TRIGGER
 from tests.integration.conftest import ALICE_KEY
 from tests.integration.test_question_path import ask, ingest, unique
-from tests.metrics_scrape import Scrape, scrape
+from tests.metrics_scrape import Scrape, eventually, scrape
 
 T = TypeVar("T")
 
@@ -41,18 +39,6 @@ QUALITY_METRICS = (
     "scribes_answers_no_context_total",
     "scribes_answers_uncited_total",
 )
-
-
-def _eventually(check: Callable[[], T], timeout_s: float = 15.0) -> T:
-    """Each process writes its metric files as it counts; a scrape may be a beat early."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 def _quality_figures(cluster: Cluster) -> dict[str, float]:
@@ -114,7 +100,7 @@ def test_a_polled_job_carries_its_quality_and_the_metrics_count_it(cluster: Clus
         assert delta["scribes_answers_no_context_total"] == 1, delta
         assert delta["scribes_answers_uncited_total"] == 1, delta
 
-    _eventually(counted)
+    eventually(counted)
 
 
 def _scribes_eval(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
