@@ -13,6 +13,7 @@ __all__ = [
     "answer_cache_prefix",
     "breaker_events_key",
     "breaker_key",
+    "context_cache_prefix",
     "corpus_version_key",
     "delivery_count_key",
     "document_key",
@@ -23,6 +24,7 @@ __all__ = [
     "job_key",
     "pending_questions_key",
     "pool_heartbeat_key",
+    "query_vector_cache_key",
     "queued_documents_key",
     "staged_chunks_key",
     "sweep_lock_key",
@@ -71,6 +73,15 @@ def staged_chunks_key(tenant: str, document_id: str, revision: int) -> str:
 
 def corpus_version_key(tenant: str) -> str:
     return f"{_PREFIX}:corpus:{tenant}"
+
+
+def query_vector_cache_key(tenant: str, digest: str) -> str:
+    return f"{_PREFIX}:qvec:{tenant}:{digest}"
+
+
+def context_cache_prefix(tenant: str) -> str:
+    """Followed by the corpus version and a digest of the search."""
+    return f"{_PREFIX}:ctx:{tenant}:"
 
 
 def answer_cache_prefix(tenant: str) -> str:

@@ -15,6 +15,8 @@ from redis import Redis
 from rag.breaker import Breaker, BreakerConfig
 from rag.budgets import Budgets
 from rag.caches.answers import AnswerCache
+from rag.caches.contexts import ContextCache
+from rag.caches.vectors import QueryVectorCache
 from rag.embedding import Embedder, load_embedder
 from rag.records.documents import DocumentRegistry
 from rag.records.heartbeats import Heartbeats
@@ -83,6 +85,17 @@ class Services:
     @cached_property
     def answers(self) -> AnswerCache:
         return AnswerCache(self.redis, ttl_s=self.settings.answer_cache_ttl_s)
+
+    @cached_property
+    def query_vectors(self) -> QueryVectorCache:
+        settings = self.settings
+        return QueryVectorCache(
+            self.redis, model=settings.embedding_model, ttl_s=settings.query_vector_cache_ttl_s
+        )
+
+    @cached_property
+    def contexts(self) -> ContextCache:
+        return ContextCache(self.redis, ttl_s=self.settings.context_cache_ttl_s)
 
     @cached_property
     def pending(self) -> PendingQuestions:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # answer is not mistaken for a lost one.
     stall_s: float = Field(90.0, ge=10, alias="SCRIBES_STALL_S")
     answer_cache_ttl_s: int = Field(86_400, ge=1, alias="SCRIBES_ANSWER_CACHE_TTL_S")
+    query_vector_cache_ttl_s: int = Field(
+        7 * 86_400, ge=1, alias="SCRIBES_QUERY_VECTOR_CACHE_TTL_S"
+    )
+    context_cache_ttl_s: int = Field(3600, ge=1, alias="SCRIBES_CONTEXT_CACHE_TTL_S")
     # Short, because every worker renews the messages it holds (workers.leases): a dead
     # worker's messages come back after this plus the 5 s restore interval.
     visibility_timeout_s: int = Field(20, ge=8, alias="SCRIBES_VISIBILITY_TIMEOUT_S")

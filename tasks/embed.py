@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from celery.exceptions import Ignore
 
+from rag.caches.vectors import QueryVectorCache
 from rag.embedding import Embedder, encode_vectors
 from rag.records.jobs import JobStore, Stage
 from rag.records.pending import PendingQuestions
 from rag.services import process_services
+from rag.telemetry.metrics import count_cache
 from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
 
@@ -21,8 +23,13 @@ def embed_question(
     pending: PendingQuestions,
     embedder: Embedder,
     batch_size: int,
+    cache: QueryVectorCache | None = None,
 ) -> bool:
-    """Give the job its query vector; False when the job is not this delivery's to move."""
+    """Give the job its query vector; False when the job is not this delivery's to move.
+
+    With `cache`, a question its tenant asked before (within the cache's 7 days) takes its
+    vector from there, and only the others of the batch go to the model.
+    """
     if not jobs.start_stage(job_id, Stage.EMBED):
         return False  # finished, expired, or another delivery is already further on
     job = jobs.get(job_id)
@@ -31,11 +38,26 @@ def embed_question(
     if job.query_vector is None:
         # Embed every question waiting now, ours first; their own tasks will find it done.
         batch = pending.take(job_id, limit=batch_size)
-        vectors = embedder.embed([question for _, question in batch], batch_size=batch_size)
+        asked = [(waiting.tenant, waiting.question) for waiting in batch]
+        known = cache.get_many(asked) if cache is not None else [None] * len(batch)
+        unknown = [waiting for waiting, vector in zip(batch, known, strict=True) if vector is None]
+        fresh = {
+            waiting: encode_vectors(vector)
+            for waiting, vector in zip(
+                unknown,
+                embedder.embed([w.question for w in unknown], batch_size=batch_size)
+                if unknown
+                else [],
+                strict=True,
+            )
+        }
+        if cache is not None:
+            count_cache("embedding", hits=len(batch) - len(unknown), misses=len(unknown))
+            cache.put_many({(w.tenant, w.question): vector for w, vector in fresh.items()})
         pending.attach(
             {
-                waiting: encode_vectors(vector)
-                for (waiting, _), vector in zip(batch, vectors, strict=True)
+                waiting.job_id: vector or fresh[waiting]
+                for waiting, vector in zip(batch, known, strict=True)
             }
         )
     jobs.finish_stage(job_id, Stage.EMBED)
@@ -51,5 +73,6 @@ def embed_query(self: ScribesTask, *, job_id: str) -> None:
         pending=services.pending,
         embedder=services.embedder(),
         batch_size=services.settings.query_batch_size,
+        cache=services.query_vectors,
     ):
         raise Ignore()

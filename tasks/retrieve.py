@@ -8,13 +8,16 @@ from celery.exceptions import Ignore
 
 from rag.answering import no_context_answer
 from rag.caches.answers import AnswerCache
+from rag.caches.contexts import ContextCache
 from rag.embedding import decode_vector
 from rag.records.documents import DocumentRegistry
-from rag.records.jobs import JobStore, Stage
+from rag.records.jobs import JobRecord, JobStore, Stage
 from rag.retrieval import retrieve_passages
 from rag.services import process_services
 from rag.store import VectorStore
+from rag.telemetry.metrics import count_cache
 from rag.telemetry.tracing import tracer
+from rag.types import Passage
 from tasks.base import ScribesTask, scribes_task, stop_chain
 from tasks.names import TaskName
 
@@ -35,12 +38,45 @@ def find_passages(
     documents: DocumentRegistry,
     answers: AnswerCache,
     score_threshold: float,
+    contexts: ContextCache | None = None,
 ) -> Retrieved:
+    """Find the job's passages (from `contexts` when the same search ran within the hour
+    at the tenant's current corpus version) and hand them to generate."""
     if not jobs.start_stage(job_id, Stage.RETRIEVE):
         return Retrieved.SKIPPED
     job = jobs.get(job_id)
     if job is None or job.query_vector is None:
         return Retrieved.SKIPPED
+    lookup = None
+    if contexts is not None:
+        lookup = contexts.lookup(
+            tenant=job.tenant,
+            query_vector=job.query_vector,
+            top_k=job.top_k,
+            score_threshold=score_threshold,
+        )
+        hit = lookup.passages is not None
+        count_cache("context", hits=int(hit), misses=int(not hit))
+    if lookup is not None and lookup.passages is not None:
+        passages = list(lookup.passages)
+    else:
+        passages = _search(job, store, documents, score_threshold)
+        if contexts is not None and lookup is not None:
+            contexts.put(lookup.key, passages)
+    if not passages:
+        # Nothing relevant: say so plainly and never spend a call on the writer.
+        answer = no_context_answer()
+        if jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE):
+            answers.put(job.answer_cache_key, answer)
+        return Retrieved.NO_CONTEXT
+    jobs.finish_stage(job_id, Stage.RETRIEVE, passages=passages)
+    return Retrieved.PASSAGES
+
+
+def _search(
+    job: JobRecord, store: VectorStore, documents: DocumentRegistry, score_threshold: float
+) -> list[Passage]:
+    assert job.query_vector is not None
     with tracer.start_as_current_span("vector search") as span:
         passages = retrieve_passages(
             store,
@@ -59,14 +95,7 @@ def find_passages(
                     "scribes.passages": len(passages),
                 }
             )
-    if not passages:
-        # Nothing relevant: say so plainly and never spend a call on the writer.
-        answer = no_context_answer()
-        if jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE):
-            answers.put(job.answer_cache_key, answer)
-        return Retrieved.NO_CONTEXT
-    jobs.finish_stage(job_id, Stage.RETRIEVE, passages=passages)
-    return Retrieved.PASSAGES
+    return list(passages)
 
 
 @scribes_task(TaskName.RETRIEVE_CONTEXT, soft_time_limit=30, time_limit=60)
@@ -79,6 +108,7 @@ def retrieve_context(self: ScribesTask, *, job_id: str) -> None:
         documents=services.documents,
         answers=services.answers,
         score_threshold=services.settings.score_threshold,
+        contexts=services.contexts,
     )
     if outcome is Retrieved.SKIPPED:
         raise Ignore()

@@ -13,6 +13,7 @@ from api_shim.deps import AppDeps, Tenant
 from api_shim.errors import ApiError
 from api_shim.views import job_view
 from rag.records.jobs import new_job_id
+from rag.telemetry.metrics import count_cache
 from rag.telemetry.tracing import current_traceparent, tag_span
 from rag.types import Failure
 from rag.validation import validate_question
@@ -45,6 +46,7 @@ def submit_question(
     job_id = new_job_id()
     tag_span(job_id=job_id, tenant=tenant, request_id=request_id)
     cached = cache.answer
+    count_cache("exact", hits=int(cached is not None), misses=int(cached is None))
     if cached is not None:
         job = services.jobs.create_finished(
             job_id=job_id,

@@ -11,13 +11,21 @@ If that task dies, nothing was attached and each job's own task embeds it.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from redis import Redis
 
 from rag.keys import job_key, pending_questions_key
 from rag.records.jobs import FINISHED, lua_is_finished
 
-__all__ = ["PendingQuestions"]
+__all__ = ["PendingQuestions", "WaitingQuestion"]
+
+
+class WaitingQuestion(NamedTuple):
+    job_id: str
+    question: str
+    tenant: str
+
 
 # Attach only to a job that still exists and is not finished.
 _ATTACH = f"""
@@ -47,21 +55,21 @@ class PendingQuestions:
             pipe.zremrangebyscore(self._key, "-inf", now - self._max_age_s)
             pipe.execute()
 
-    def take(self, first: str, *, limit: int) -> list[tuple[str, str]]:
-        """(job id, question) of up to `limit` jobs still without a vector, `first` first."""
+    def take(self, first: str, *, limit: int) -> list[WaitingQuestion]:
+        """Up to `limit` jobs still without a vector, `first` first."""
         waiting: list[str] = self._redis.zrange(self._key, 0, limit - 1)  # type: ignore[assignment]
         ids = [first, *(job_id for job_id in waiting if job_id != first)][:limit]
         with self._redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(job_key(job_id), ["question", "query_vector", "status"])
+                pipe.hmget(job_key(job_id), ["question", "query_vector", "status", "tenant"])
             rows: list[list[str | None]] = pipe.execute()
-        batch: list[tuple[str, str]] = []
+        batch: list[WaitingQuestion] = []
         gone: list[str] = []
-        for job_id, (question, vector, status) in zip(ids, rows, strict=True):
-            if question is None or status in FINISHED:
+        for job_id, (question, vector, status, tenant) in zip(ids, rows, strict=True):
+            if question is None or tenant is None or status in FINISHED:
                 gone.append(job_id)
             elif vector is None:
-                batch.append((job_id, question))
+                batch.append(WaitingQuestion(job_id, question, tenant))
         if gone:
             self._redis.zrem(self._key, *gone)
         return batch

@@ -27,6 +27,7 @@ __all__ = [
     "API_REQUESTS",
     "API_REQUEST_DURATION",
     "BREAKER_TRANSITIONS",
+    "CACHE_REQUESTS",
     "DOCUMENTS",
     "JOBS_REQUEUED",
     "LLM_COST",
@@ -39,6 +40,7 @@ __all__ = [
     "TASKS",
     "TASK_DURATION",
     "TASK_QUEUE_WAIT",
+    "count_cache",
     "observe_answer_quality",
     "observe_llm_call",
     "observe_question",
@@ -136,6 +138,12 @@ ANSWERS_UNCITED = Counter(
     "Answers with at least one sentence that cites no passage.",
 )
 
+CACHE_REQUESTS = Counter(
+    "scribes_cache_requests",
+    "Cache lookups by cache (exact, embedding, context) and outcome (hit, miss).",
+    ["cache", "outcome"],
+)
+
 BREAKER_TRANSITIONS = Counter(
     "scribes_breaker_transitions",
     "Changes of a circuit breaker's state, by the state it went to.",
@@ -208,3 +216,10 @@ def observe_answer_quality(answer: Answer) -> None:
     ANSWER_CITATIONS.observe(quality.passages_cited)
     if not quality.all_sentences_cited:
         ANSWERS_UNCITED.inc()
+
+
+def count_cache(cache: str, *, hits: int, misses: int) -> None:
+    if hits:
+        CACHE_REQUESTS.labels(cache, "hit").inc(hits)
+    if misses:
+        CACHE_REQUESTS.labels(cache, "miss").inc(misses)

@@ -111,8 +111,8 @@ def test_waiting_questions_are_embedded_together_and_only_once(client: redis.Red
     client.delete(f"scribes:job:{gone}")
 
     batch = pending.take(first, limit=10)
-    assert [job_id for job_id, _ in batch] == [first, second]
-    assert all(question == "q?" for _, question in batch)
+    assert [waiting.job_id for waiting in batch] == [first, second]
+    assert all(waiting.question == "q?" for waiting in batch)
 
     pending.attach({first: "AAAA", second: "BBBB", done: "CCCC"})
     assert client.hget(f"scribes:job:{second}", "query_vector") == "BBBB"
@@ -129,7 +129,7 @@ def test_a_batch_is_capped_and_the_asking_job_always_comes_first(client: redis.R
     for job_id in waiting:
         pending.add(job_id)
     batch = pending.take(waiting[-1], limit=3)
-    assert [job_id for job_id, _ in batch] == [waiting[-1], waiting[0], waiting[1]]
+    assert [taken.job_id for taken in batch] == [waiting[-1], waiting[0], waiting[1]]
 
 
 def test_the_cache_lookup_reads_version_and_answer_in_one_script(client: redis.Redis) -> None:
