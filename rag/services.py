@@ -26,8 +26,9 @@ from rag.records.staging import ChunkStaging
 from rag.records.usage import UsageLedger
 from rag.settings import ConfigurationError, Settings, get_settings
 from rag.store import VectorStore, open_vector_store
-from rag.telemetry.metrics import observe_answer_quality, observe_question
+from rag.telemetry.metrics import observe_answer_quality, observe_llm_usage, observe_question
 from rag.tokens import TokenCounter, load_token_counter
+from rag.types import Usage
 from rag.writers import AnswerWriter, build_writer
 from rag.writers.extractive import ExtractiveWriter
 
@@ -69,6 +70,8 @@ class Services:
         )
         if event.cache == "miss" and event.answer is not None:
             observe_answer_quality(event.answer)
+            if event.answer.usage != Usage():
+                observe_llm_usage(event.answer.model, event.answer.usage, event.tenant)
 
     @cached_property
     def usage(self) -> UsageLedger:

@@ -97,7 +97,8 @@ def write_answer(
         answer = compose_answer(job.question, job.passages, writer)
     else:
         answer = _guarded_answer(job, jobs=jobs, writer=writer, breaker=breaker, fallback=fallback)
-    if jobs.succeed(job_id, answer, last_stage=Stage.GENERATE) and answer.cacheable:
+    succeeded = jobs.succeed(job_id, answer, last_stage=Stage.GENERATE)
+    if succeeded and answer.cacheable and job.cache_mode.writes:
         answers.put(job.answer_cache_key, answer)
     return True
 
@@ -128,24 +129,17 @@ def _guarded_answer(
         try:
             answer = compose_answer(job.question, job.passages, writer)
         except TransientLLMError as exc:
-            observe_llm_call(
-                model, "transient_error", time.perf_counter() - started, None, job.tenant
-            )
+            observe_llm_call(model, "transient_error", time.perf_counter() - started)
             if breaker.failed(permit, retry_after=exc.retry_after) is not BreakerState.CLOSED:
                 # An outage, not this job's bad luck: wait for it without using up retries.
                 raise CircuitOpen(time.time() + 1, f"the model is failing ({exc})") from exc
             raise
         except PermanentLLMError:
-            observe_llm_call(
-                model, "permanent_error", time.perf_counter() - started, None, job.tenant
-            )
+            observe_llm_call(model, "permanent_error", time.perf_counter() - started)
             breaker.succeeded(permit)  # the model answered; the request was at fault
             raise
-    # Counted as spent when the call returns: what the account is billed, whatever then
-    # becomes of the job.
-    observe_llm_call(
-        answer.model or model, "ok", time.perf_counter() - started, answer.usage, job.tenant
-    )
+    # Its tokens and dollars are counted with the job, as it finishes (rag.services).
+    observe_llm_call(answer.model or model, "ok", time.perf_counter() - started)
     breaker.succeeded(permit)
     return answer
 

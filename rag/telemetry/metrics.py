@@ -43,6 +43,7 @@ __all__ = [
     "count_cache",
     "observe_answer_quality",
     "observe_llm_call",
+    "observe_llm_usage",
     "observe_question",
     "tenant_labels",
 ]
@@ -173,14 +174,17 @@ def _with_tenant(values: Sequence[str], tenant: str) -> list[str]:
     return [*values, tenant] if TENANT_LABEL else list(values)
 
 
-def observe_llm_call(
-    model: str, outcome: str, duration_s: float, usage: Usage | None, tenant: str
-) -> None:
-    """One model call: its outcome and time, and what it read, wrote and cost."""
+def observe_llm_call(model: str, outcome: str, duration_s: float) -> None:
+    """One model call: its outcome and time."""
     LLM_REQUESTS.labels(model, outcome).inc()
     LLM_REQUEST_DURATION.labels(model).observe(duration_s)
-    if usage is None:
-        return
+
+
+def observe_llm_usage(model: str, usage: Usage, tenant: str) -> None:
+    """What a finished job's answer read, wrote and cost, counted once per job (from the
+    job record's finishing write), so that the counters add up to the jobs' usage exactly,
+    as the usage ledger does. A call whose job then went another way (a delivery that
+    died before recording it) is in `scribes_llm_requests_total`, not here."""
     for kind, tokens in (
         ("input", usage.input_tokens),
         ("output", usage.output_tokens),

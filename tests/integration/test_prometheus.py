@@ -20,6 +20,7 @@ from tests.cluster import Cluster, running_cluster
 from tests.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import ALICE_KEY, LLM_KEY
 from tests.integration.test_question_path import MUSTARD, ingest, unique, wait_job
+from tests.metrics_scrape import scrape
 from tests.prometheus import (
     Prometheus,
     PrometheusTools,
@@ -113,12 +114,21 @@ def _cost(jobs: list[dict[str, Any]]) -> Decimal:
     return sum(costs, Decimal(0))
 
 
+def _settled_cost(cluster: Cluster, prometheus: Prometheus) -> Decimal:
+    """The cost so far, once Prometheus's scrapes agree with the API's own count: a job
+    is counted as it finishes, and the last one may not have been scraped yet."""
+    exposed = scrape(f"{cluster.api_url}/metrics", METRICS_TOKEN).value(
+        "scribes_llm_cost_usd_total"
+    )
+    return Decimal(str(_prometheus_cost_reaches(prometheus, Decimal(str(exposed)))))
+
+
 def _prometheus_cost_reaches(prometheus: Prometheus, expected: Decimal) -> float:
     """Prometheus's total once its scrapes have caught up with `expected`, to 1e-9 $."""
 
     def caught_up() -> float | None:
-        total = prometheus.value(COST)
-        return total if total is not None and abs(total - float(expected)) < 1e-9 else None
+        total = prometheus.value(COST) or 0.0
+        return total if abs(total - float(expected)) < 1e-9 else None
 
     try:
         return prometheus.wait_for(f"{COST} == {expected}", caught_up, timeout_s=20)
@@ -160,7 +170,7 @@ def test_prometheus_scrapes_the_api_with_the_deployed_token(
 def test_prometheus_counts_exactly_what_the_jobs_cost(
     cluster: Cluster, prometheus: Prometheus
 ) -> None:
-    before = Decimal(str(prometheus.value(COST) or 0))
+    before = _settled_cost(cluster, prometheus)
     with cluster.client(ALICE_KEY) as alice:
         ingest(alice, unique("mustard"), "The mustard seed", MUSTARD)
         ids = [
@@ -204,7 +214,7 @@ def test_a_stopped_pool_fills_its_queue_and_fires_pool_down(
     cluster: Cluster, prometheus: Prometheus
 ) -> None:
     """Takes about a minute: the pool's beat goes stale after 20 s, then the rule's `for: 30s`."""
-    before = Decimal(str(prometheus.value(COST) or 0))
+    before = _settled_cost(cluster, prometheus)
     assert prometheus.value('max(scribes_pool_up{pool="generate"})') == 1
     assert not prometheus.firing("ScribesPoolDown")
     with cluster.client(ALICE_KEY) as alice:

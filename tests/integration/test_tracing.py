@@ -254,7 +254,18 @@ def test_a_question_is_one_trace_from_the_api_to_the_model_call(
     job = ask(traced, question("traced"), {"traceparent": traceparent, "X-Request-ID": request_id})
     assert job["status"] == "succeeded", job
     job_id = job["id"]
-    receiver.wait_for(finished_with(job_id, API_SPAN, f"run/{GENERATE}", f"chat {MODEL}"))
+    # Each process exports on its own schedule: wait for every span of the tree.
+    receiver.wait_for(
+        finished_with(
+            job_id,
+            API_SPAN,
+            *(f"{kind}/{task}" for kind in ("apply_async", "run") for task in (EMBED, RETRIEVE)),
+            "vector search",
+            f"apply_async/{GENERATE}",
+            f"run/{GENERATE}",
+            f"chat {MODEL}",
+        )
+    )
     spans = receiver.spans(trace_id)
 
     # Every span of the question is in the incoming trace, and only the question's are.
