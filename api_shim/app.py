@@ -18,7 +18,7 @@ from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
 from api_shim.instrumentation import RequestMetrics
 from api_shim.limits import BodyLimit
-from api_shim.routes import documents, health, metrics, questions, usage
+from api_shim.routes import cache, documents, health, metrics, questions, usage
 from rag.services import Services
 from rag.settings import Settings, get_settings
 from rag.telemetry.tracing import tag_span
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_s=settings.api_body_timeout_s,
         max_concurrent=settings.api_max_concurrent_bodies,
     )
-    for module in (questions, documents, health, metrics, usage):
+    for module in (questions, documents, cache, health, metrics, usage):
         app.include_router(module.router)
     if trace_tasks(settings, component="api"):
         # A span per request, continuing an incoming `traceparent`. Probes, scrapes and

@@ -25,6 +25,7 @@ __all__ = [
     "pending_questions_key",
     "pool_heartbeat_key",
     "query_vector_cache_key",
+    "query_vector_cache_prefix",
     "queued_documents_key",
     "staged_chunks_key",
     "sweep_lock_key",
@@ -75,8 +76,12 @@ def corpus_version_key(tenant: str) -> str:
     return f"{_PREFIX}:corpus:{tenant}"
 
 
+def query_vector_cache_prefix(tenant: str) -> str:
+    return f"{_PREFIX}:qvec:{tenant}:"
+
+
 def query_vector_cache_key(tenant: str, digest: str) -> str:
-    return f"{_PREFIX}:qvec:{tenant}:{digest}"
+    return query_vector_cache_prefix(tenant) + digest
 
 
 def context_cache_prefix(tenant: str) -> str:

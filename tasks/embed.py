@@ -38,8 +38,15 @@ def embed_question(
     if job.query_vector is None:
         # Embed every question waiting now, ours first; their own tasks will find it done.
         batch = pending.take(job_id, limit=batch_size)
-        asked = [(waiting.tenant, waiting.question) for waiting in batch]
-        known = cache.get_many(asked) if cache is not None else [None] * len(batch)
+        readers = [w for w in batch if w.cache_mode.reads] if cache is not None else []
+        found = dict(
+            zip(
+                readers,
+                cache.get_many([(w.tenant, w.question) for w in readers]) if cache else [],
+                strict=True,
+            )
+        )
+        known = [found.get(waiting) for waiting in batch]
         unknown = [waiting for waiting, vector in zip(batch, known, strict=True) if vector is None]
         fresh = {
             waiting: encode_vectors(vector)
@@ -52,8 +59,11 @@ def embed_question(
             )
         }
         if cache is not None:
-            count_cache("embedding", hits=len(batch) - len(unknown), misses=len(unknown))
-            cache.put_many({(w.tenant, w.question): vector for w, vector in fresh.items()})
+            hits = sum(vector is not None for vector in found.values())
+            count_cache("embedding", hits=hits, misses=len(found) - hits)
+            cache.put_many(
+                {(w.tenant, w.question): v for w, v in fresh.items() if w.cache_mode.writes}
+            )
         pending.attach(
             {
                 waiting.job_id: vector or fresh[waiting]

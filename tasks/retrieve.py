@@ -47,17 +47,19 @@ def find_passages(
     job = jobs.get(job_id)
     if job is None or job.query_vector is None:
         return Retrieved.SKIPPED
+    mode = job.cache_mode
     lookup = None
-    if contexts is not None:
+    if contexts is not None and mode.writes:
         lookup = contexts.lookup(
             tenant=job.tenant,
             query_vector=job.query_vector,
             top_k=job.top_k,
             score_threshold=score_threshold,
         )
-        hit = lookup.passages is not None
-        count_cache("context", hits=int(hit), misses=int(not hit))
-    if lookup is not None and lookup.passages is not None:
+        if mode.reads:
+            hit = lookup.passages is not None
+            count_cache("context", hits=int(hit), misses=int(not hit))
+    if lookup is not None and mode.reads and lookup.passages is not None:
         passages = list(lookup.passages)
     else:
         passages = _search(job, store, documents, score_threshold)
@@ -66,7 +68,7 @@ def find_passages(
     if not passages:
         # Nothing relevant: say so plainly and never spend a call on the writer.
         answer = no_context_answer()
-        if jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE):
+        if jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE) and mode.writes:
             answers.put(job.answer_cache_key, answer)
         return Retrieved.NO_CONTEXT
     jobs.finish_stage(job_id, Stage.RETRIEVE, passages=passages)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api_shim.deps import AppDeps, Tenant
 from api_shim.errors import ApiError
 from api_shim.views import job_view
+from rag.caches.control import CacheMode
 from rag.records.jobs import new_job_id
 from rag.telemetry.metrics import count_cache
 from rag.telemetry.tracing import current_traceparent, tag_span
@@ -28,6 +29,9 @@ class QuestionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     question: str = Field(max_length=100_000)
     top_k: int | None = None
+    # use: read and write the caches; refresh: answer anew and replace what they hold;
+    # bypass: neither read nor write them.
+    cache: Literal["use", "refresh", "bypass"] = "use"
 
 
 @router.post("", status_code=202)
@@ -45,8 +49,10 @@ def submit_question(
     cache = services.answers.lookup(settings, tenant=tenant, question=question, top_k=top_k)
     job_id = new_job_id()
     tag_span(job_id=job_id, tenant=tenant, request_id=request_id)
-    cached = cache.answer
-    count_cache("exact", hits=int(cached is not None), misses=int(cached is None))
+    mode = CacheMode(body.cache)
+    cached = cache.answer if mode.reads else None
+    if mode.reads:
+        count_cache("exact", hits=int(cached is not None), misses=int(cached is None))
     if cached is not None:
         job = services.jobs.create_finished(
             job_id=job_id,
@@ -77,6 +83,7 @@ def submit_question(
         answer_cache_key=cache.key,
         request_id=request_id,
         traceparent=current_traceparent(),
+        cache_mode=mode,
     )
     try:
         enqueue_question(

@@ -13,6 +13,7 @@ from typing import Any
 
 from redis import Redis
 
+from rag.caches.control import CacheMode
 from rag.keys import active_jobs_key, delivery_count_key, job_key
 from rag.quality import Quality
 from rag.types import Answer, Failure, Passage, Usage
@@ -117,6 +118,7 @@ class JobRecord:
     request_id: str | None = None
     # The W3C traceparent of the request that created the job: a re-enqueue continues it.
     traceparent: str | None = None
+    cache_mode: CacheMode = CacheMode.USE
     answer: Answer | None = None
     cached: str | None = None
     error: Failure | None = None
@@ -162,6 +164,7 @@ def _decode(raw: dict[str, str]) -> JobRecord:
         created_at=float(raw["created_at"]),
         request_id=raw.get("request_id") or None,
         traceparent=raw.get("traceparent") or None,
+        cache_mode=CacheMode(raw.get("cache_mode") or CacheMode.USE.value),
         answer=_answer_of(raw),
         cached=raw.get("cached") or None,
         error=Failure.from_json(json.loads(raw["error"])) if raw.get("error") else None,
@@ -232,6 +235,7 @@ class JobStore:
         answer_cache_key: str,
         request_id: str | None = None,
         traceparent: str | None = None,
+        cache_mode: CacheMode = CacheMode.USE,
     ) -> JobRecord:
         record = JobRecord(
             id=job_id,
@@ -245,6 +249,7 @@ class JobStore:
             created_at=time.time(),
             request_id=request_id,
             traceparent=traceparent,
+            cache_mode=cache_mode,
         )
         self._write(
             record,
@@ -252,6 +257,7 @@ class JobStore:
                 "corpus_version": corpus_version,
                 "answer_cache_key": answer_cache_key,
                 **({"traceparent": traceparent} if traceparent else {}),
+                **({"cache_mode": cache_mode.value} if cache_mode is not CacheMode.USE else {}),
             },
         )
         return record

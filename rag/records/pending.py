@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from redis import Redis
 
+from rag.caches.control import CacheMode
 from rag.keys import job_key, pending_questions_key
 from rag.records.jobs import FINISHED, lua_is_finished
 
@@ -25,6 +26,7 @@ class WaitingQuestion(NamedTuple):
     job_id: str
     question: str
     tenant: str
+    cache_mode: CacheMode = CacheMode.USE
 
 
 # Attach only to a job that still exists and is not finished.
@@ -61,15 +63,19 @@ class PendingQuestions:
         ids = [first, *(job_id for job_id in waiting if job_id != first)][:limit]
         with self._redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(job_key(job_id), ["question", "query_vector", "status", "tenant"])
+                pipe.hmget(
+                    job_key(job_id), ["question", "query_vector", "status", "tenant", "cache_mode"]
+                )
             rows: list[list[str | None]] = pipe.execute()
         batch: list[WaitingQuestion] = []
         gone: list[str] = []
-        for job_id, (question, vector, status, tenant) in zip(ids, rows, strict=True):
+        for job_id, (question, vector, status, tenant, mode) in zip(ids, rows, strict=True):
             if question is None or tenant is None or status in FINISHED:
                 gone.append(job_id)
             elif vector is None:
-                batch.append(WaitingQuestion(job_id, question, tenant))
+                batch.append(
+                    WaitingQuestion(job_id, question, tenant, CacheMode(mode or CacheMode.USE))
+                )
         if gone:
             self._redis.zrem(self._key, *gone)
         return batch

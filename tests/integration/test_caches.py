@@ -117,3 +117,56 @@ def _submit(http: httpx.Client, question: str) -> dict[str, Any]:
     response = http.post("/v1/questions", json={"question": question})
     assert response.status_code == 202, response.text
     return wait_job(http, response.json()["id"])
+
+
+def test_a_request_can_refresh_or_bypass_the_caches(cluster: Cluster) -> None:
+    question = f"How many mustard seeds were in the jar, for {unique('control')}?"
+    with cluster.client(ALICE_KEY) as alice:
+        ingest(alice, unique("mustard"), "The mustard seed", MUSTARD)
+        assert ask(alice, question)[0] == 202
+        assert ask(alice, question)[0] == 200  # the exact cache
+
+        # bypass: computed anew, and no cache is read or written.
+        before = _counts(cluster)
+        status, bypassed = ask(alice, question, cache="bypass")
+        assert status == 202 and bypassed["cached"] is None
+        _expect(cluster, before, exact_hit=0, exact_miss=0, embedding_hit=0, context_hit=0)
+
+        # refresh: computed anew without reading, and what it computes replaces the entry.
+        before = _counts(cluster)
+        status, refreshed = ask(alice, question, cache="refresh")
+        assert status == 202 and refreshed["cached"] is None
+        _expect(cluster, before, exact_hit=0, embedding_hit=0, context_hit=0)
+        status, again = ask(alice, question)
+        assert status == 200 and again["answer"] == refreshed["answer"]
+
+        # What bypass computed was not kept: the next ask embeds the question itself.
+        other = f"Who preached on the mustard seed, for {unique('control')}?"
+        assert ask(alice, other, cache="bypass")[0] == 202
+        before = _counts(cluster)
+        assert ask(alice, other)[0] == 202
+        _expect(cluster, before, exact_miss=1, embedding_miss=1, embedding_hit=0)
+
+        refused = alice.post("/v1/questions", json={"question": question, "cache": "never"})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "invalid_request"
+
+
+def test_delete_cache_empties_the_callers_caches_only(cluster: Cluster) -> None:
+    question = f"How many mustard seeds were in the jar, cleared {unique('clear')}?"
+    with cluster.client(ALICE_KEY) as alice, cluster.client(BOB_KEY) as bob:
+        ingest(alice, unique("mustard"), "The mustard seed", MUSTARD)
+        assert ask(alice, question)[0] == 202
+        assert ask(bob, question)[0] == 202
+        assert ask(alice, question)[0] == 200 and ask(bob, question)[0] == 200
+
+        cleared = alice.delete("/v1/cache")
+        assert cleared.status_code == 200
+        body = cleared.json()
+        assert body["tenant"] == "alice"
+        assert body["removed"]["exact"] >= 1 and body["removed"]["embedding"] >= 1
+
+        before = _counts(cluster)
+        assert ask(alice, question)[0] == 202  # nothing left for alice …
+        _expect(cluster, before, exact_miss=1, embedding_miss=1, embedding_hit=0)
+        assert ask(bob, question)[0] == 200  # … and bob's entries are all there
