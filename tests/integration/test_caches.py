@@ -6,9 +6,11 @@ the tests of this module run one at a time, so the deltas are theirs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.cluster import Cluster
 from tests.fake_anthropic import FakeAnthropic
@@ -21,6 +23,24 @@ GRAPES = (
     "Concord grapes behind the chapel and pruned them hard every March, so that the vines "
     "spent themselves on fruit and not on leaves."
 )
+
+
+@pytest.fixture
+def notes(cluster: Cluster) -> Iterator[Callable[[str, str, str], None]]:
+    """Ingest a note as alice, deleted again after the test: the other modules' tests ask
+    alice about the same mustard seed and expect their own copy among her passages."""
+    created: list[str] = []
+
+    def add(prefix: str, title: str, text: str) -> None:
+        document_id = unique(prefix)
+        with cluster.client(ALICE_KEY) as alice:
+            ingest(alice, document_id, title, text)
+        created.append(document_id)
+
+    yield add
+    with cluster.client(ALICE_KEY) as alice:
+        for document_id in created:
+            alice.delete(f"/v1/documents/{document_id}")
 
 
 def _counts(cluster: Cluster) -> Scrape:
@@ -45,12 +65,12 @@ def _expect(cluster: Cluster, before: Scrape, **wanted: float) -> None:
 
 
 def test_a_question_asked_again_after_the_notes_changed_skips_the_model(
-    cluster: Cluster,
+    cluster: Cluster, notes: Callable[[str, str, str], None]
 ) -> None:
     tag = unique("seeds")
     question = f"How many mustard seeds were in the jar, asked by {tag}?"
     with cluster.client(ALICE_KEY) as alice:
-        ingest(alice, unique("mustard"), "The mustard seed", MUSTARD)
+        notes("mustard", "The mustard seed", MUSTARD)
         before = _counts(cluster)
         status, first = ask(alice, question)
         assert status == 202 and first["status"] == "succeeded"
@@ -58,7 +78,7 @@ def test_a_question_asked_again_after_the_notes_changed_skips_the_model(
 
         # Another note bumps alice's corpus version: the exact cache and the context cache
         # miss, but the question's vector (same words, other case) is reused.
-        ingest(alice, unique("grapes"), "The vineyard", GRAPES)
+        notes("grapes", "The vineyard", GRAPES)
         before = _counts(cluster)
         status, again = ask(alice, question.upper().rstrip("?"))
         assert status == 202 and again["status"] == "succeeded"
@@ -119,10 +139,12 @@ def _submit(http: httpx.Client, question: str) -> dict[str, Any]:
     return wait_job(http, response.json()["id"])
 
 
-def test_a_request_can_refresh_or_bypass_the_caches(cluster: Cluster) -> None:
+def test_a_request_can_refresh_or_bypass_the_caches(
+    cluster: Cluster, notes: Callable[[str, str, str], None]
+) -> None:
     question = f"How many mustard seeds were in the jar, for {unique('control')}?"
     with cluster.client(ALICE_KEY) as alice:
-        ingest(alice, unique("mustard"), "The mustard seed", MUSTARD)
+        notes("mustard", "The mustard seed", MUSTARD)
         assert ask(alice, question)[0] == 202
         assert ask(alice, question)[0] == 200  # the exact cache
 
@@ -152,10 +174,12 @@ def test_a_request_can_refresh_or_bypass_the_caches(cluster: Cluster) -> None:
         assert refused.json()["error"]["code"] == "invalid_request"
 
 
-def test_delete_cache_empties_the_callers_caches_only(cluster: Cluster) -> None:
+def test_delete_cache_empties_the_callers_caches_only(
+    cluster: Cluster, notes: Callable[[str, str, str], None]
+) -> None:
     question = f"How many mustard seeds were in the jar, cleared {unique('clear')}?"
     with cluster.client(ALICE_KEY) as alice, cluster.client(BOB_KEY) as bob:
-        ingest(alice, unique("mustard"), "The mustard seed", MUSTARD)
+        notes("mustard", "The mustard seed", MUSTARD)
         assert ask(alice, question)[0] == 202
         assert ask(bob, question)[0] == 202
         assert ask(alice, question)[0] == 200 and ask(bob, question)[0] == 200

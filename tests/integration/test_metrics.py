@@ -40,6 +40,8 @@ def test_one_scrape_counts_every_process_and_the_cost_of_each_job(cluster: Clust
             for _ in range(3)
         ]
         status, repeat = ask(alice, jobs[0]["question"])
+        # Others ask alice about the same seed and expect their own copy of the note.
+        assert alice.delete(f"/v1/documents/{document_id}").status_code == 200
     assert status == 200 and repeat["cached"] == "exact"
     assert all(job["status"] == "succeeded" for job in jobs), jobs
     cost = sum(Decimal(str(job["usage"]["cost_usd"])) for job in jobs)
