@@ -4,6 +4,7 @@ alert fires, and both clear once the pool is back."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from decimal import Decimal
@@ -42,24 +43,37 @@ def tools() -> PrometheusTools:
 
 
 @pytest.fixture(scope="module")
-def cluster(tools: PrometheusTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def llm() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=LLM_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tools: PrometheusTools, llm: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     """All four pools and the API on a Redis of their own; answers by the real SDK, priced."""
     directory = tmp_path_factory.mktemp("prometheus-cluster")
     server = LocalRedis(directory / "redis", free_port())
     server.start()
     try:
-        with FakeAnthropic(api_key=LLM_KEY) as fake:
-            env = {
-                "SCRIBES_API_KEYS": f"{ALICE_KEY}=alice",
-                "SCRIBES_METRICS_TOKEN": METRICS_TOKEN,
-                "ANTHROPIC_API_KEY": LLM_KEY,
-                "ANTHROPIC_BASE_URL": fake.base_url,
-                "SCRIBES_LLM_MODEL": "claude-sonnet-4-6",
-                # Far above what the tests spend: it is measured, never reached.
-                "SCRIBES_BUDGET_DAILY_USD": str(DAILY_BUDGET_USD),
-            }
-            with running_cluster(directory / "data", server.url, env) as running:
-                yield running
+        env = {
+            "SCRIBES_API_KEYS": f"{ALICE_KEY}=alice",
+            "SCRIBES_METRICS_TOKEN": METRICS_TOKEN,
+            "ANTHROPIC_API_KEY": LLM_KEY,
+            "ANTHROPIC_BASE_URL": llm.base_url,
+            "SCRIBES_LLM_MODEL": "claude-sonnet-4-6",
+            # Far above what the tests spend: it is measured, never reached.
+            "SCRIBES_BUDGET_DAILY_USD": str(DAILY_BUDGET_USD),
+            # One failed call opens the breaker and one probe a second later closes it
+            # again, so that the last test sees its transitions (the defaults are the
+            # breaker tests' business).
+            "SCRIBES_BREAKER_FAILURES": "1",
+            "SCRIBES_BREAKER_COOLDOWN_S": "1",
+            "SCRIBES_BREAKER_CLOSE_AFTER": "1",
+        }
+        with running_cluster(directory / "data", server.url, env) as running:
+            yield running
     finally:
         server.stop()
 
@@ -254,3 +268,30 @@ def test_a_stopped_pool_fills_its_queue_and_fires_pool_down(
         "ScribesPoolDown resolved", lambda: not prometheus.firing("ScribesPoolDown"), timeout_s=30
     )
     _prometheus_cost_reaches(prometheus, before + spent)
+
+
+def test_every_series_the_dashboard_queries_is_in_the_scrape(
+    cluster: Cluster, prometheus: Prometheus, llm: FakeAnthropic
+) -> None:
+    """After the tests above (questions, costs, a budget, a stopped pool) and one failed
+    model call, Prometheus holds a series for every name a panel asks for."""
+    llm.fail_next(529)
+    with cluster.client(ALICE_KEY) as alice:
+        job = wait_job(
+            alice,
+            _submit(alice, f"How many mustard seeds were in the jar, once more {unique('q')}?"),
+            timeout_s=90,
+        )
+    assert job["status"] == "succeeded", job
+    dashboard = (MONITORING / "grafana" / "scribes.json").read_text()
+    names = sorted(set(re.findall(r"scribes_[a-z_]+", dashboard)))
+    assert len(names) > 15
+
+    def missing() -> list[str] | None:
+        absent = [name for name in names if not prometheus.query(f"count({name})")]
+        return absent or None
+
+    try:
+        prometheus.wait_for("every dashboard series scraped", lambda: missing() is None, 30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; missing: {missing()}") from exc
