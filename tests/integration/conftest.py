@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.cluster import Cluster, running_cluster
 from tests.fake_anthropic import FakeAnthropic
@@ -36,3 +37,13 @@ def cluster(session_dir: Path, redis_url: str, fake_llm: FakeAnthropic) -> Itera
     }
     with running_cluster(session_dir / "cluster", redis_url, env) as running:
         yield running
+
+
+@pytest.fixture
+def ledger_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """Database 13 of the session's Redis, emptied around each test: the usage and budget
+    tests' own (the session cluster uses database 0)."""
+    connection = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/13", decode_responses=True)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()

@@ -50,14 +50,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/13", decode_responses=True)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-
-
 def spend(ledger: UsageLedger, tenant: str, dollars: str, when: float) -> None:
     answer = Answer("paid", model=MODEL, usage=Usage(input_tokens=1, cost_usd=Decimal(dollars)))
     assert ledger.record(JobFinished(new_job_id(), tenant, "answered", "miss", 1, answer), at=when)
@@ -66,14 +58,14 @@ def spend(ledger: UsageLedger, tenant: str, dollars: str, when: float) -> None:
 # The settings.
 
 
-def test_tenant_budgets_override_the_global_limits(client: redis.Redis) -> None:
+def test_tenant_budgets_override_the_global_limits(ledger_redis: redis.Redis) -> None:
     settings = Settings(
         SCRIBES_BUDGET_DAILY_USD="1",
         SCRIBES_BUDGET_MONTHLY_USD="10",
         SCRIBES_TENANT_BUDGETS='{"alice": {"daily_usd": 0.1}, "bob": {"monthly_usd": null}}',
     )
     settings.check()
-    budgets = Budgets(settings, UsageLedger(client))
+    budgets = Budgets(settings, UsageLedger(ledger_redis))
     # JSON numbers are read as decimals: 0.1 is a tenth of a dollar, not a double near it.
     assert budgets.budget_for("alice").limits() == {
         "daily": Decimal("0.1"),
@@ -81,7 +73,7 @@ def test_tenant_budgets_override_the_global_limits(client: redis.Redis) -> None:
     }
     assert budgets.budget_for("bob").limits() == {"daily": Decimal(1)}
     assert budgets.budget_for("carol").limits() == {"daily": Decimal(1), "monthly": Decimal(10)}
-    assert Budgets(Settings(), UsageLedger(client)).budget_for("alice").limits() == {}
+    assert Budgets(Settings(), UsageLedger(ledger_redis)).budget_for("alice").limits() == {}
 
 
 @pytest.mark.parametrize(
@@ -128,8 +120,8 @@ def test_budgets_reset_at_utc_midnight_and_on_the_first_of_the_month() -> None:
 # The policy over a real ledger.
 
 
-def test_a_budget_is_spent_once_the_ledger_reaches_it_and_resets(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_a_budget_is_spent_once_the_ledger_reaches_it_and_resets(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     clock = Clock(at("2026-03-31T10:00:00"))
     settings = Settings(SCRIBES_BUDGET_DAILY_USD="0.01", SCRIBES_BUDGET_MONTHLY_USD="0.015")
     budgets = Budgets(settings, ledger, clock=clock)
@@ -157,8 +149,8 @@ def test_a_budget_is_spent_once_the_ledger_reaches_it_and_resets(client: redis.R
     assert spent.resets_at_iso == "2026-05-01T00:00:00Z"
 
 
-def test_only_tenants_with_a_budget_have_a_remaining_gauge(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_only_tenants_with_a_budget_have_a_remaining_gauge(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     clock = Clock(at("2026-03-14T10:00:00"))
     overrides = '{"carol": {"daily_usd": null}, "dave": {"monthly_usd": "5"}}'
     for tenant, dollars in (("alice", "0.25"), ("carol", "0.5"), ("dave", "2")):
@@ -211,22 +203,22 @@ def writer(fake_llm: FakeAnthropic) -> Iterator[AnthropicWriter]:
 
 @pytest.mark.parametrize("action", ["reject", "degrade"])
 def test_generate_checks_the_budget_before_each_model_call(
-    client: redis.Redis, fake_llm: FakeAnthropic, writer: AnthropicWriter, action: str
+    ledger_redis: redis.Redis, fake_llm: FakeAnthropic, writer: AnthropicWriter, action: str
 ) -> None:
-    ledger = UsageLedger(client)
+    ledger = UsageLedger(ledger_redis)
 
     def finished(event: JobFinished) -> None:
         ledger.record(event)
 
-    jobs = JobStore(client, ttl_s=600, on_finish=finished)
-    answers = AnswerCache(client, ttl_s=600)
+    jobs = JobStore(ledger_redis, ttl_s=600, on_finish=finished)
+    answers = AnswerCache(ledger_redis, ttl_s=600)
     settings = Settings(SCRIBES_BUDGET_DAILY_USD="0.000001", SCRIBES_BUDGET_ACTION=action)
     budgets = Budgets(settings, ledger)
     guard: dict[str, Any] = {
         "jobs": jobs,
         "writer": writer,
         "answers": answers,
-        "breaker": Breaker(client, "llm"),
+        "breaker": Breaker(ledger_redis, "llm"),
         "budgets": budgets,
     }
 

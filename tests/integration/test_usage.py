@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -21,15 +20,6 @@ from tests.integration.conftest import ALICE_KEY, BOB_KEY
 from tests.integration.test_question_path import MUSTARD, ask, ingest, unique
 
 MODEL = "claude-sonnet-4-6"
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    # A database of its own: the session cluster uses database 0 of the same server.
-    connection = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/13", decode_responses=True)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
 
 
 def answered(
@@ -50,17 +40,17 @@ def at(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-def test_ten_thousand_small_costs_add_up_exactly(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_ten_thousand_small_costs_add_up_exactly(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     when = at("2026-03-14T12:00:00")
     for _ in range(10_000):
         assert ledger.record(answered("alice", "0.000003", tokens=1), at=when)
 
     # What doubles would have made of it: the reason the script adds decimal strings.
     assert sum(0.000003 for _ in range(10_000)) != 0.03
-    assert client.hget("scribes:usage:alice:2026-03-14", "cost") == "0.030000000"
-    assert client.hget("scribes:usage:alice:2026-03-14", f"cost:{MODEL}") == "0.030000000"
-    assert client.get("scribes:usage:alice:month:2026-03") == "0.030000000"
+    assert ledger_redis.hget("scribes:usage:alice:2026-03-14", "cost") == "0.030000000"
+    assert ledger_redis.hget("scribes:usage:alice:2026-03-14", f"cost:{MODEL}") == "0.030000000"
+    assert ledger_redis.get("scribes:usage:alice:month:2026-03") == "0.030000000"
     day = ledger.day("alice", date(2026, 3, 14))
     assert day.totals.cost_usd == Decimal("0.03") and day.totals.questions == 10_000
     assert day.totals.tokens == {
@@ -69,21 +59,23 @@ def test_ten_thousand_small_costs_add_up_exactly(client: redis.Redis) -> None:
         "cache_read": 30_000,
         "cache_write": 40_000,
     }
-    assert 0 < client.ttl("scribes:usage:alice:2026-03-14") <= DAY_TTL_S
+    assert 0 < ledger_redis.ttl("scribes:usage:alice:2026-03-14") <= DAY_TTL_S
 
 
-def test_dollars_stay_exact_past_what_a_double_can_hold(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_dollars_stay_exact_past_what_a_double_can_hold(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     when = at("2026-03-14T12:00:00")
     # 2^53 nano-dollars is about nine million dollars; a decimal string has no such limit.
     ledger.record(answered("alice", "99999999999999.999999999"), at=when)
     ledger.record(answered("alice", "0.000000001"), at=when)
     ledger.record(answered("alice", "12345678.00000001"), at=when)
-    assert client.hget("scribes:usage:alice:2026-03-14", "cost") == "100000012345678.000000010"
+    assert (
+        ledger_redis.hget("scribes:usage:alice:2026-03-14", "cost") == "100000012345678.000000010"
+    )
 
 
-def test_threads_adding_at_once_lose_nothing(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_threads_adding_at_once_lose_nothing(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     when = at("2026-03-14T12:00:00")
     threads, each = 8, 250
     costs = [f"0.{n:08d}" for n in range(1, each + 1)]  # a different cost every time
@@ -109,8 +101,8 @@ def test_threads_adding_at_once_lose_nothing(client: redis.Redis) -> None:
     assert ledger.spent(["alice"], at=when) == {"alice": (expected, expected)}
 
 
-def test_days_and_months_roll_over_at_utc_midnight(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_days_and_months_roll_over_at_utc_midnight(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     last_of_year, first_of_year = at("2025-12-31T23:59:59.900"), at("2026-01-01T00:00:00")
     ledger.record(answered("alice", "0.5"), at=last_of_year)
     ledger.record(answered("alice", "0.25"), at=first_of_year)
@@ -133,8 +125,8 @@ def test_days_and_months_roll_over_at_utc_midnight(client: redis.Redis) -> None:
     assert ledger.tenants(at=first_of_year) == {"alice", "bob"}
 
 
-def test_cache_hits_failures_and_models_are_counted_apart(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_cache_hits_failures_and_models_are_counted_apart(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     when = at("2026-03-14T12:00:00")
     bedrock = "anthropic.claude-sonnet-4-6-v1:0"  # a model name with a colon
     ledger.record(answered("alice", "0.002", tokens=10), at=when)
@@ -165,8 +157,8 @@ def test_cache_hits_failures_and_models_are_counted_apart(client: redis.Redis) -
     assert by_model["claude-new"]["cost_usd"] == "0.000000000"
 
 
-def test_a_job_enters_the_ledger_once(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_a_job_enters_the_ledger_once(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
     event = answered("alice", "0.002", tokens=10)
     assert ledger.record(event)
     assert not ledger.record(event)  # the same finish reported again adds nothing
@@ -174,13 +166,13 @@ def test_a_job_enters_the_ledger_once(client: redis.Redis) -> None:
     assert today.totals.questions == 1 and today.totals.cost_usd == Decimal("0.002")
 
 
-def test_finished_jobs_reach_the_ledger_through_the_job_store(client: redis.Redis) -> None:
-    ledger = UsageLedger(client)
+def test_finished_jobs_reach_the_ledger_through_the_job_store(ledger_redis: redis.Redis) -> None:
+    ledger = UsageLedger(ledger_redis)
 
     def finished(event: JobFinished) -> None:
         ledger.record(event)
 
-    jobs = JobStore(client, ttl_s=60, on_finish=finished)
+    jobs = JobStore(ledger_redis, ttl_s=60, on_finish=finished)
     job_id = new_job_id()
     jobs.create(
         job_id=job_id,
