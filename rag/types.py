@@ -23,6 +23,8 @@ __all__ = [
     "Draft",
     "Failure",
     "Passage",
+    "QuestionEntry",
+    "QuestionMatch",
     "Source",
     "Usage",
 ]
@@ -77,6 +79,52 @@ class ChunkHit:
     id: str
     score: float
     payload: ChunkPayload
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionEntry:
+    """An answered question in the semantic cache's index, beside its query vector.
+
+    It holds no answer: `answer_key` is where the exact cache keeps it, so an answer that
+    expired or was emptied there can never be served from here either.
+    """
+
+    id: str
+    vector: Sequence[float]
+    tenant: str
+    corpus_version: int
+    fingerprint: str  # the answer settings (`rag.caches.answers.pipeline_fingerprint`)
+    question: str
+    answer_key: str
+    expires_at: float
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "corpus_version": self.corpus_version,
+            "fingerprint": self.fingerprint,
+            "question": self.question,
+            "answer_key": self.answer_key,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionMatch:
+    """An earlier question found near a new one, with its cosine similarity."""
+
+    score: float
+    question: str
+    answer_key: str
+
+    @classmethod
+    def of_payload(cls, score: float, payload: Mapping[str, Any] | None) -> QuestionMatch:
+        payload = payload or {}
+        return cls(
+            score=float(score),
+            question=str(payload.get("question", "")),
+            answer_key=str(payload.get("answer_key", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)

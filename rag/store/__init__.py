@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag.store.base import VectorStore, VectorStoreError
+from rag.store.base import QuestionIndex, VectorStore, VectorStoreError
 
-__all__ = ["VectorStore", "VectorStoreError", "open_vector_store"]
+__all__ = [
+    "QuestionIndex",
+    "VectorStore",
+    "VectorStoreError",
+    "open_question_index",
+    "open_vector_store",
+]
 
 
 def open_vector_store(
@@ -31,3 +37,17 @@ def open_vector_store(
     from rag.store.qdrant import QdrantVectorStore
 
     return QdrantVectorStore(url=url, api_key=api_key, collection=collection, dimension=dimension)
+
+
+def open_question_index(
+    *, url: str | None, api_key: str | None, path: Path, collection: str, dimension: int
+) -> QuestionIndex:
+    """The semantic cache's question index, in the same engine as the chunks: an Edge shard
+    at `path`, or the qdrant-client collection `collection`."""
+    if url is None:
+        from rag.store.edge import EdgeQuestionIndex
+
+        return EdgeQuestionIndex(path=path, dimension=dimension)
+    from rag.store.qdrant import QdrantQuestionIndex
+
+    return QdrantQuestionIndex(url=url, api_key=api_key, collection=collection, dimension=dimension)

@@ -10,9 +10,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from rag.types import ChunkHit, ChunkPayload, ChunkPoint
+from rag.types import ChunkHit, ChunkPayload, ChunkPoint, QuestionEntry, QuestionMatch
 
 __all__ = [
+    "QuestionIndex",
     "VectorStore",
     "VectorStoreError",
     "canonical_point_id",
@@ -51,6 +52,47 @@ class VectorStore(Protocol):
 
     def close(self) -> None:
         """Release the store; calling it twice is harmless, any other call afterwards fails."""
+        ...
+
+
+class QuestionIndex(Protocol):
+    """The semantic cache's index of answered questions: a collection of its own, beside
+    the chunks, in the same engine and owned by the same process."""
+
+    def add(self, entries: Sequence[QuestionEntry]) -> None:
+        """Write entries; an entry whose id exists is replaced."""
+        ...
+
+    def nearest(
+        self,
+        *,
+        tenant: str,
+        vector: Sequence[float],
+        corpus_version: int,
+        fingerprint: str,
+        now: float,
+        limit: int,
+        min_score: float,
+    ) -> list[QuestionMatch]:
+        """The tenant's unexpired questions at exactly this corpus version and these answer
+        settings, at least `min_score` similar to `vector`, most similar first."""
+        ...
+
+    def purge_stale(self, *, tenant: str, corpus_version: int, now: float) -> None:
+        """Delete the tenant's entries that can no longer be found: expired, or of a corpus
+        version below `corpus_version`."""
+        ...
+
+    def clear(self, *, tenant: str) -> None:
+        """Delete every entry of the tenant."""
+        ...
+
+    def count(self, *, tenant: str | None = None) -> int:
+        """Exact number of entries, optionally only the tenant's."""
+        ...
+
+    def close(self) -> None:
+        """Release the index; calling it twice is harmless."""
         ...
 
 

@@ -41,6 +41,7 @@ from qdrant_edge import (
     EdgeVectorParams,
     FieldCondition,
     Filter,
+    FloatIndexParams,
     IntegerIndexParams,
     KeywordIndexParams,
     MatchValue,
@@ -53,12 +54,12 @@ from qdrant_edge import (
 
 from rag.settings import ConfigurationError
 from rag.store.base import VectorStoreError, canonical_point_id, hit_from_payload, vector_as_floats
-from rag.types import ChunkHit, ChunkPoint
+from rag.types import ChunkHit, ChunkPoint, QuestionEntry, QuestionMatch
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType, PayloadSchemaParams
 
-__all__ = ["EdgeVectorStore"]
+__all__ = ["EdgeQuestionIndex", "EdgeVectorStore"]
 
 _SHARD_FILES = ("edge_config.json", "segments", "wal")
 
@@ -69,6 +70,15 @@ def _payload_indexes() -> dict[str, PayloadSchemaParams]:
         "tenant": KeywordIndexParams(is_tenant=True),
         "document_id": KeywordIndexParams(),
         "revision": IntegerIndexParams(lookup=True, range=True),
+    }
+
+
+def _question_indexes() -> dict[str, PayloadSchemaParams]:
+    return {
+        "tenant": KeywordIndexParams(is_tenant=True),
+        "fingerprint": KeywordIndexParams(),
+        "corpus_version": IntegerIndexParams(lookup=True, range=True),
+        "expires_at": FloatIndexParams(),
     }
 
 
@@ -196,6 +206,113 @@ class EdgeVectorStore:
         """
         with self._lock:
             return self._live().optimize()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+
+
+class EdgeQuestionIndex:
+    """The `QuestionIndex` over a Qdrant Edge shard of its own, beside the chunks' shard.
+
+    Its writes are not flushed: it is a cache, rebuilt by the questions asked, and the
+    write-ahead log still replays it after a killed process (see the module notes).
+    """
+
+    def __init__(self, *, path: Path, dimension: int) -> None:
+        self._path = path
+        self._dimension = dimension
+        self._lock = threading.Lock()
+        self._shard: EdgeShard | None = _open_shard(path, dimension)
+        try:
+            with self._lock:
+                shard = self._live()
+                existing = shard.info().payload_schema
+                for field, schema in _question_indexes().items():
+                    if field not in existing:
+                        shard.update(UpdateOperation.create_field_index(field, schema))
+                shard.flush()
+        except BaseException:
+            self.close()
+            raise
+
+    def _live(self) -> EdgeShard:
+        if self._shard is None:
+            raise VectorStoreError(f"the question index at {self._path} is closed; open it again")
+        return self._shard
+
+    def add(self, entries: Sequence[QuestionEntry]) -> None:
+        if not entries:
+            return
+        operation = UpdateOperation.upsert_points(
+            [
+                Point(
+                    canonical_point_id(entry.id),
+                    vector_as_floats(entry.vector, self._dimension),
+                    entry.payload(),
+                )
+                for entry in entries
+            ]
+        )
+        with self._lock:
+            self._live().update(operation)
+
+    def nearest(
+        self,
+        *,
+        tenant: str,
+        vector: Sequence[float],
+        corpus_version: int,
+        fingerprint: str,
+        now: float,
+        limit: int,
+        min_score: float,
+    ) -> list[QuestionMatch]:
+        request = QueryRequest(
+            limit=limit,
+            query=Query.Nearest(vector_as_floats(vector, self._dimension)),
+            filter=Filter(
+                must=[
+                    _match("tenant", tenant),
+                    _match("fingerprint", fingerprint),
+                    FieldCondition("corpus_version", match=MatchValue(corpus_version)),
+                    FieldCondition("expires_at", range=RangeFloat(gt=now)),
+                ]
+            ),
+            score_threshold=min_score,
+            with_payload=True,
+            with_vector=False,
+        )
+        with self._lock:
+            found = self._live().query(request)
+        return [QuestionMatch.of_payload(hit.score, hit.payload) for hit in found]
+
+    def purge_stale(self, *, tenant: str, corpus_version: int, now: float) -> None:
+        self._delete(
+            Filter(
+                must=[_match("tenant", tenant)],
+                should=[
+                    FieldCondition("corpus_version", range=RangeFloat(lt=float(corpus_version))),
+                    FieldCondition("expires_at", range=RangeFloat(lte=now)),
+                ],
+            )
+        )
+
+    def clear(self, *, tenant: str) -> None:
+        self._delete(Filter(must=[_match("tenant", tenant)]))
+
+    def _delete(self, doomed: Filter) -> None:
+        with self._lock:
+            self._live().update(UpdateOperation.delete_points_by_filter(doomed))
+
+    def count(self, *, tenant: str | None = None) -> int:
+        request = CountRequest(
+            exact=True, filter=Filter(must=[_match("tenant", tenant)]) if tenant else None
+        )
+        with self._lock:
+            return self._live().count(request)
 
     def close(self) -> None:
         with self._lock:

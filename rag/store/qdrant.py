@@ -10,27 +10,44 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from rag.settings import ConfigurationError
 from rag.store.base import VectorStoreError, canonical_point_id, hit_from_payload, vector_as_floats
-from rag.types import ChunkHit, ChunkPoint
+from rag.types import ChunkHit, ChunkPoint, QuestionEntry, QuestionMatch
 from rag.urls import redact_url
 
-__all__ = ["DEFAULT_TIMEOUT_S", "QdrantVectorStore"]
+__all__ = ["DEFAULT_TIMEOUT_S", "QdrantQuestionIndex", "QdrantVectorStore"]
 
 DEFAULT_TIMEOUT_S = 10
 
 _LOCAL_PATH_PREFIX = "path:"
 
 
-def _payload_indexes() -> dict[str, models.PayloadSchemaType | models.KeywordIndexParams]:
+_PayloadIndexes = dict[str, models.PayloadSchemaType | models.KeywordIndexParams]
+
+
+def _tenant_index() -> models.KeywordIndexParams:
+    return models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+
+
+def _payload_indexes() -> _PayloadIndexes:
     return {
-        "tenant": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+        "tenant": _tenant_index(),
         "document_id": models.PayloadSchemaType.KEYWORD,
         "revision": models.PayloadSchemaType.INTEGER,
+    }
+
+
+def _question_indexes() -> _PayloadIndexes:
+    return {
+        "tenant": _tenant_index(),
+        "fingerprint": models.PayloadSchemaType.KEYWORD,
+        "corpus_version": models.PayloadSchemaType.INTEGER,
+        "expires_at": models.PayloadSchemaType.FLOAT,
     }
 
 
@@ -67,9 +84,11 @@ class QdrantVectorStore:
         collection: str,
         dimension: int,
         timeout_s: int = DEFAULT_TIMEOUT_S,
+        payload_indexes: _PayloadIndexes | None = None,
     ) -> None:
         self._url = url
         self._collection = collection
+        self._payload_indexes = payload_indexes or _payload_indexes()
         self._dimension = dimension
         self._closed = False
         self._client, self._local = _connect(url, api_key, timeout_s)
@@ -114,7 +133,7 @@ class QdrantVectorStore:
             )
         if self._local:
             return
-        for field, schema in _payload_indexes().items():
+        for field, schema in self._payload_indexes.items():
             if field not in info.payload_schema:
                 self._client.create_payload_index(name, field, field_schema=schema, wait=True)
 
@@ -125,19 +144,24 @@ class QdrantVectorStore:
             )
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        self.upsert_payloads([(p.id, p.vector, p.payload.to_json()) for p in points], wait=True)
+
+    def upsert_payloads(
+        self, points: Sequence[tuple[str, Sequence[float], dict[str, Any]]], *, wait: bool
+    ) -> None:
         if not points:
             return
         batch = [
             models.PointStruct(
-                id=canonical_point_id(point.id),
-                vector=vector_as_floats(point.vector, self._dimension),
-                payload=point.payload.to_json(),
+                id=canonical_point_id(point_id),
+                vector=vector_as_floats(vector, self._dimension),
+                payload=payload,
             )
-            for point in points
+            for point_id, vector, payload in points
         ]
         with self._guard:
             self._check_open()
-            self._client.upsert(self._collection, points=batch, wait=True)
+            self._client.upsert(self._collection, points=batch, wait=wait)
 
     def search(
         self,
@@ -147,21 +171,36 @@ class QdrantVectorStore:
         limit: int,
         score_threshold: float | None = None,
     ) -> list[ChunkHit]:
+        found = self.query(
+            vector,
+            models.Filter(must=[_match("tenant", tenant)]),
+            limit=limit,
+            score_threshold=score_threshold,
+        )
+        return [hit_from_payload(hit.id, hit.score, hit.payload) for hit in found]
+
+    def query(
+        self,
+        vector: Sequence[float],
+        where: models.Filter,
+        *,
+        limit: int,
+        score_threshold: float | None,
+    ) -> list[models.ScoredPoint]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         query = vector_as_floats(vector, self._dimension)
         with self._guard:
             self._check_open()
-            found = self._client.query_points(
+            return self._client.query_points(
                 self._collection,
                 query=query,
-                query_filter=models.Filter(must=[_match("tenant", tenant)]),
+                query_filter=where,
                 limit=limit,
                 score_threshold=score_threshold,
                 with_payload=True,
                 with_vectors=False,
             ).points
-        return [hit_from_payload(hit.id, hit.score, hit.payload) for hit in found]
 
     def delete_revisions(self, *, tenant: str, document_id: str, up_to_revision: int) -> None:
         doomed = models.Filter(
@@ -171,6 +210,9 @@ class QdrantVectorStore:
                 models.FieldCondition(key="revision", range=models.Range(lte=up_to_revision)),
             ]
         )
+        self.delete_where(doomed)
+
+    def delete_where(self, doomed: models.Filter) -> None:
         with self._guard:
             self._check_open()
             self._client.delete(
@@ -197,3 +239,81 @@ class QdrantVectorStore:
             if not self._closed:
                 self._closed = True
                 self._client.close()
+
+
+class QdrantQuestionIndex:
+    """The `QuestionIndex` over a qdrant-client collection of its own, beside the chunks'."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_key: str | None,
+        collection: str,
+        dimension: int,
+        timeout_s: int = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        # The chunks' adapter makes, checks and indexes the collection; only payload differs.
+        self._store = QdrantVectorStore(
+            url=url,
+            api_key=api_key,
+            collection=collection,
+            dimension=dimension,
+            timeout_s=timeout_s,
+            payload_indexes=_question_indexes(),
+        )
+
+    def add(self, entries: Sequence[QuestionEntry]) -> None:
+        self._store.upsert_payloads(
+            [(entry.id, entry.vector, entry.payload()) for entry in entries], wait=False
+        )
+
+    def nearest(
+        self,
+        *,
+        tenant: str,
+        vector: Sequence[float],
+        corpus_version: int,
+        fingerprint: str,
+        now: float,
+        limit: int,
+        min_score: float,
+    ) -> list[QuestionMatch]:
+        found = self._store.query(
+            vector,
+            models.Filter(
+                must=[
+                    _match("tenant", tenant),
+                    _match("fingerprint", fingerprint),
+                    models.FieldCondition(
+                        key="corpus_version", match=models.MatchValue(value=corpus_version)
+                    ),
+                    models.FieldCondition(key="expires_at", range=models.Range(gt=now)),
+                ]
+            ),
+            limit=limit,
+            score_threshold=min_score,
+        )
+        return [QuestionMatch.of_payload(hit.score, hit.payload) for hit in found]
+
+    def purge_stale(self, *, tenant: str, corpus_version: int, now: float) -> None:
+        self._store.delete_where(
+            models.Filter(
+                must=[_match("tenant", tenant)],
+                should=[
+                    models.FieldCondition(
+                        key="corpus_version", range=models.Range(lt=corpus_version)
+                    ),
+                    models.FieldCondition(key="expires_at", range=models.Range(lte=now)),
+                ],
+            )
+        )
+
+    def clear(self, *, tenant: str) -> None:
+        self._store.delete_where(models.Filter(must=[_match("tenant", tenant)]))
+
+    def count(self, *, tenant: str | None = None) -> int:
+        return self._store.count(tenant=tenant)
+
+    def close(self) -> None:
+        self._store.close()
