@@ -24,6 +24,8 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "degraded": answer.degraded if answer else False,
         "usable": answer.usable if answer else None,
         "cached": job.cached,
+        # With "cached": "semantic": the earlier question whose answer this is, and how alike.
+        "semantic": job.semantic.to_json() if job.semantic else None,
         "model": (answer.model or None) if answer else None,
         "usage": (answer.usage if answer else Usage()).to_json(),
         "quality": answer.quality.to_json() if answer and answer.quality else None,

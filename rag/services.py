@@ -16,6 +16,7 @@ from rag.breaker import Breaker, BreakerConfig
 from rag.budgets import Budgets
 from rag.caches.answers import AnswerCache
 from rag.caches.contexts import ContextCache
+from rag.caches.semantic import SemanticCache
 from rag.caches.vectors import QueryVectorCache
 from rag.embedding import Embedder, load_embedder
 from rag.records.documents import DocumentRegistry
@@ -25,7 +26,7 @@ from rag.records.pending import PendingQuestions
 from rag.records.staging import ChunkStaging
 from rag.records.usage import UsageLedger
 from rag.settings import ConfigurationError, Settings, get_settings
-from rag.store import VectorStore, open_vector_store
+from rag.store import QuestionIndex, VectorStore, open_question_index, open_vector_store
 from rag.telemetry.metrics import observe_answer_quality, observe_llm_usage, observe_question
 from rag.tokens import TokenCounter, load_token_counter
 from rag.types import Usage
@@ -43,6 +44,7 @@ class Services:
         self._redis_timeout_s = redis_timeout_s
         self._store_lock = threading.Lock()
         self._store: VectorStore | None = None
+        self._questions: QuestionIndex | None = None
 
     @cached_property
     def redis(self) -> Redis:
@@ -99,6 +101,14 @@ class Services:
     @cached_property
     def contexts(self) -> ContextCache:
         return ContextCache(self.redis, ttl_s=self.settings.context_cache_ttl_s)
+
+    @cached_property
+    def semantic(self) -> SemanticCache | None:
+        """The semantic answer cache, read and written by the store's owner (None: off)."""
+        settings = self.settings
+        if not settings.semantic_cache_enabled:
+            return None
+        return SemanticCache(self.redis, self.question_index, self.documents, settings)
 
     @cached_property
     def pending(self) -> PendingQuestions:
@@ -170,11 +180,32 @@ class Services:
                 )
             return self._store
 
+    def question_index(self) -> QuestionIndex:
+        """The semantic cache's index, in the same engine and the same owner as the store."""
+        with self._store_lock:
+            if self._questions is None:
+                settings = self.settings
+                self._questions = open_question_index(
+                    url=settings.qdrant_url,
+                    api_key=(
+                        settings.qdrant_api_key.get_secret_value()
+                        if settings.qdrant_api_key
+                        else None
+                    ),
+                    path=settings.question_index_dir,
+                    collection=settings.qdrant_questions_collection,
+                    dimension=settings.embedding_dimension,
+                )
+            return self._questions
+
     def close(self) -> None:
         with self._store_lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            if self._questions is not None:
+                self._questions.close()
+                self._questions = None
 
 
 @lru_cache(maxsize=1)

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         7 * 86_400, ge=1, alias="SCRIBES_QUERY_VECTOR_CACHE_TTL_S"
     )
     context_cache_ttl_s: int = Field(3600, ge=1, alias="SCRIBES_CONTEXT_CACHE_TTL_S")
+    # The semantic answer cache (rag.caches.semantic). 0.85 was tuned on the labelled pairs
+    # of samples/eval/paraphrases.jsonl with the near-miss guard on; the README has the table.
+    semantic_cache_enabled: bool = Field(True, alias="SCRIBES_SEMANTIC_CACHE")
+    semantic_cache_threshold: float = Field(
+        0.85, ge=0.5, le=1.0, alias="SCRIBES_SEMANTIC_CACHE_THRESHOLD"
+    )
+    semantic_cache_ttl_s: int = Field(86_400, ge=1, alias="SCRIBES_SEMANTIC_CACHE_TTL_S")
     # Short, because every worker renews the messages it holds (workers.leases): a dead
     # worker's messages come back after this plus the 5 s restore interval.
     visibility_timeout_s: int = Field(20, ge=8, alias="SCRIBES_VISIBILITY_TIMEOUT_S")
@@ -168,6 +175,15 @@ class Settings(BaseSettings):
     @property
     def vector_store_dir(self) -> Path:
         return self.data_dir / "vectors"
+
+    @property
+    def question_index_dir(self) -> Path:
+        """The semantic cache's Edge shard, beside the chunks' one."""
+        return self.data_dir / "questions"
+
+    @property
+    def qdrant_questions_collection(self) -> str:
+        return f"{self.qdrant_collection}_questions"
 
     @property
     def uses_anthropic(self) -> bool:

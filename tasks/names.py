@@ -22,6 +22,7 @@ class TaskName(StrEnum):
     # Writes go to the retrieve pool: it is the one process that owns the embedded store.
     STORE_UPSERT = "scribes.store.upsert"
     STORE_PURGE = "scribes.store.purge"
+    STORE_FORGET_QUESTIONS = "scribes.store.forget_questions"
 
     @property
     def queue(self) -> QueueName:
@@ -35,4 +36,5 @@ _ROUTES: dict[TaskName, QueueName] = {
     TaskName.INDEX_DOCUMENT: QueueName.INDEX,
     TaskName.STORE_UPSERT: QueueName.RETRIEVE,
     TaskName.STORE_PURGE: QueueName.RETRIEVE,
+    TaskName.STORE_FORGET_QUESTIONS: QueueName.RETRIEVE,
 }

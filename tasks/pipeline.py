@@ -20,11 +20,12 @@ from tasks.embed import embed_query
 from tasks.generate import generate_answer
 from tasks.index import index_document
 from tasks.retrieve import retrieve_context
-from tasks.store import store_purge, store_upsert
+from tasks.store import store_forget_questions, store_purge, store_upsert
 
 __all__ = [
     "broker_answers",
     "enqueue_document",
+    "enqueue_forget_questions",
     "enqueue_purge",
     "enqueue_question",
     "requeue_stalled",
@@ -164,6 +165,13 @@ def enqueue_purge(*, tenant: str, document_id: str, up_to_revision: int) -> None
     store_purge.apply_async(
         kwargs={"tenant": tenant, "document_id": document_id, "up_to_revision": up_to_revision},
         expires=datetime.now(UTC) + INDEX_EXPIRES,
+    )
+
+
+def enqueue_forget_questions(tenant: str) -> None:
+    """Have the store's owner empty the tenant's semantic-cache index."""
+    store_forget_questions.apply_async(
+        kwargs={"tenant": tenant}, expires=datetime.now(UTC) + INDEX_EXPIRES
     )
 
 

@@ -1,4 +1,5 @@
-"""Queue `retrieve`: search the tenant's passages; answer at once when none is relevant."""
+"""Queue `retrieve`: answer from the semantic cache, or search the tenant's passages;
+answer at once when none is relevant."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from celery.exceptions import Ignore
 from rag.answering import no_context_answer
 from rag.caches.answers import AnswerCache
 from rag.caches.contexts import ContextCache
+from rag.caches.semantic import SemanticCache
 from rag.embedding import decode_vector
 from rag.records.documents import DocumentRegistry
-from rag.records.jobs import JobRecord, JobStore, Stage
+from rag.records.jobs import JobRecord, JobStore, SemanticSource, Stage
 from rag.retrieval import retrieve_passages
 from rag.services import process_services
 from rag.store import VectorStore
-from rag.telemetry.metrics import count_cache
+from rag.telemetry.metrics import count_cache, observe_semantic
 from rag.telemetry.tracing import tracer
 from rag.types import Passage
 from tasks.base import ScribesTask, scribes_task, stop_chain
@@ -26,6 +28,7 @@ __all__ = ["Retrieved", "find_passages", "retrieve_context"]
 
 class Retrieved(StrEnum):
     PASSAGES = "passages"  # handed to generate
+    SEMANTIC = "semantic"  # the job is answered: an earlier question's answer
     NO_CONTEXT = "no_context"  # the job is answered: nothing relevant
     SKIPPED = "skipped"  # not this delivery's job to move
 
@@ -39,15 +42,23 @@ def find_passages(
     answers: AnswerCache,
     score_threshold: float,
     contexts: ContextCache | None = None,
+    semantic: SemanticCache | None = None,
 ) -> Retrieved:
-    """Find the job's passages (from `contexts` when the same search ran within the hour
-    at the tenant's current corpus version) and hand them to generate."""
+    """Answer the job from `semantic` when an earlier question of its tenant may share its
+    answer; else find its passages (from `contexts` when the same search ran within the
+    hour at the tenant's current corpus version) and hand them to generate."""
     if not jobs.start_stage(job_id, Stage.RETRIEVE):
         return Retrieved.SKIPPED
     job = jobs.get(job_id)
     if job is None or job.query_vector is None:
         return Retrieved.SKIPPED
     mode = job.cache_mode
+    version = None
+    if semantic is not None and mode.writes:
+        # Read before the search: what the search finds is of this version or newer.
+        version = documents.corpus_version(job.tenant)
+        if mode.reads and _answered_from(semantic, job, version, jobs):
+            return Retrieved.SEMANTIC
     lookup = None
     if contexts is not None and mode.writes:
         lookup = contexts.lookup(
@@ -71,8 +82,52 @@ def find_passages(
         if jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE) and mode.writes:
             answers.put(job.answer_cache_key, answer)
         return Retrieved.NO_CONTEXT
+    # Only where the job's exact-cache key is of the version searched: an answer kept under
+    # an older version's key may have been written from older notes by another job.
+    if semantic is not None and version is not None and version == job.corpus_version:
+        semantic.remember(
+            tenant=job.tenant,
+            question=job.question,
+            vector=decode_vector(job.query_vector).tolist(),
+            top_k=job.top_k,
+            corpus_version=version,
+            answer_key=job.answer_cache_key,
+        )
     jobs.finish_stage(job_id, Stage.RETRIEVE, passages=passages)
     return Retrieved.PASSAGES
+
+
+def _answered_from(semantic: SemanticCache, job: JobRecord, version: int, jobs: JobStore) -> bool:
+    """Finish the job with an earlier answer when the semantic cache has one for it."""
+    assert job.query_vector is not None
+    with tracer.start_as_current_span("semantic cache lookup") as span:
+        found = semantic.lookup(
+            tenant=job.tenant,
+            question=job.question,
+            vector=decode_vector(job.query_vector).tolist(),
+            top_k=job.top_k,
+            corpus_version=version,
+        )
+        hit = found.hit
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "scribes.cache.hit": hit is not None,
+                    "scribes.cache.near_misses": len(found.refused),
+                    **({"scribes.cache.similarity": hit.similarity} if hit else {}),
+                }
+            )
+    count_cache("semantic", hits=int(hit is not None), misses=int(hit is None))
+    observe_semantic(hit.similarity if hit else None, found.refused)
+    if hit is None:
+        return False
+    jobs.succeed(
+        job.id,
+        hit.answer,
+        last_stage=Stage.RETRIEVE,
+        semantic=SemanticSource(hit.question, hit.similarity),
+    )
+    return True
 
 
 def _search(
@@ -111,8 +166,9 @@ def retrieve_context(self: ScribesTask, *, job_id: str) -> None:
         answers=services.answers,
         score_threshold=services.settings.score_threshold,
         contexts=services.contexts,
+        semantic=services.semantic,
     )
     if outcome is Retrieved.SKIPPED:
         raise Ignore()
-    if outcome is Retrieved.NO_CONTEXT:
+    if outcome in (Retrieved.NO_CONTEXT, Retrieved.SEMANTIC):
         stop_chain(self)

@@ -11,7 +11,13 @@ from rag.store import VectorStore
 from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
 
-__all__ = ["apply_staged", "purge_revisions", "store_purge", "store_upsert"]
+__all__ = [
+    "apply_staged",
+    "purge_revisions",
+    "store_forget_questions",
+    "store_purge",
+    "store_upsert",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +91,14 @@ def store_purge(self: ScribesTask, *, tenant: str, document_id: str, up_to_revis
         documents=services.documents,
         store=services.vector_store(),
     )
+
+
+@scribes_task(
+    TaskName.STORE_FORGET_QUESTIONS, soft_time_limit=120, time_limit=150, retry_errors=True
+)
+def store_forget_questions(self: ScribesTask, *, tenant: str) -> None:
+    """Empty the tenant's semantic-cache index (`DELETE /v1/cache`). Its entries were
+    already unreachable: the exact-cache answers they point at are deleted first."""
+    semantic = process_services().semantic
+    if semantic is not None:
+        semantic.clear(tenant)

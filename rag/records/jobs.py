@@ -26,6 +26,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "JobStore",
+    "SemanticSource",
     "Stage",
     "lua_is_finished",
     "new_job_id",
@@ -105,6 +106,17 @@ def new_job_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SemanticSource:
+    """Where a semantic-cache answer came from: the earlier question and how alike they are."""
+
+    question: str
+    similarity: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"question": self.question, "similarity": self.similarity}
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     id: str
     tenant: str
@@ -121,6 +133,7 @@ class JobRecord:
     cache_mode: CacheMode = CacheMode.USE
     answer: Answer | None = None
     cached: str | None = None
+    semantic: SemanticSource | None = None
     error: Failure | None = None
     note: str | None = None
     stamps: dict[str, float] = field(default_factory=dict)
@@ -167,6 +180,11 @@ def _decode(raw: dict[str, str]) -> JobRecord:
         cache_mode=CacheMode(raw.get("cache_mode") or CacheMode.USE.value),
         answer=_answer_of(raw),
         cached=raw.get("cached") or None,
+        semantic=(
+            SemanticSource(raw["semantic_question"], float(raw["semantic_similarity"]))
+            if raw.get("semantic_question")
+            else None
+        ),
         error=Failure.from_json(json.loads(raw["error"])) if raw.get("error") else None,
         note=raw.get("note") or None,
         stamps=stamps,
@@ -194,7 +212,7 @@ def _answer_of(raw: dict[str, str]) -> Answer | None:
 class JobFinished:
     """A job has just finished, reported once (the record's write that finished it).
 
-    `outcome` is answered, no_context or failed; `cache` is exact or miss.
+    `outcome` is answered, no_context or failed; `cache` is exact, semantic or miss.
     """
 
     job_id: str
@@ -389,10 +407,32 @@ class JobStore:
         """Say why a job waits (a retry, an outage) without moving it."""
         return self._move(job_id, stage, {"note": note})
 
-    def succeed(self, job_id: str, answer: Answer, *, last_stage: Stage) -> bool:
-        """Finish the job with `answer`, closing `last_stage` in the same write."""
+    def succeed(
+        self,
+        job_id: str,
+        answer: Answer,
+        *,
+        last_stage: Stage,
+        semantic: SemanticSource | None = None,
+    ) -> bool:
+        """Finish the job with `answer`, closing `last_stage` in the same write.
+
+        With `semantic`, the answer is an earlier question's, from the semantic cache: it
+        cost nothing this time, and the job says whose it was.
+        """
         now = time.time()
+        cache = "miss"
+        cached: dict[str, str | int | float] = {}
+        if semantic is not None:
+            answer = replace(answer, usage=Usage())
+            cache = "semantic"
+            cached = {
+                "cached": cache,
+                "semantic_question": semantic.question,
+                "semantic_similarity": semantic.similarity,
+            }
         fields: dict[str, str | int | float] = {
+            **cached,
             "status": JobStatus.SUCCEEDED.value,
             "stage": Stage.DONE.value,
             f"{last_stage}_finished_at": now,
@@ -408,7 +448,7 @@ class JobStore:
                     job_id,
                     str(tenant),
                     _outcome_of(answer),
-                    "miss",
+                    cache,
                     now - float(created_at),
                     answer,
                 )

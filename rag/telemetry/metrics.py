@@ -37,6 +37,8 @@ __all__ = [
     "QUESTIONS",
     "QUESTION_DURATION",
     "RETRIEVAL_TOP_SCORE",
+    "SEMANTIC_NEAR_MISSES",
+    "SEMANTIC_SIMILARITY",
     "TASKS",
     "TASK_DURATION",
     "TASK_QUEUE_WAIT",
@@ -45,6 +47,7 @@ __all__ = [
     "observe_llm_call",
     "observe_llm_usage",
     "observe_question",
+    "observe_semantic",
     "tenant_labels",
 ]
 
@@ -141,8 +144,23 @@ ANSWERS_UNCITED = Counter(
 
 CACHE_REQUESTS = Counter(
     "scribes_cache_requests",
-    "Cache lookups by cache (exact, embedding, context) and outcome (hit, miss).",
+    "Cache lookups by cache (exact, semantic, embedding, context, chunk_embedding) and "
+    "outcome (hit, miss).",
     ["cache", "outcome"],
+)
+SEMANTIC_SIMILARITY = Histogram(
+    "scribes_cache_semantic_similarity",
+    "Cosine similarity of the earlier question a semantic lookup found above the threshold: "
+    "served (hit), or refused by the near-miss guard (near_miss, the most similar refused).",
+    ["outcome"],
+    buckets=(0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
+)
+SEMANTIC_NEAR_MISSES = Counter(
+    "scribes_cache_semantic_near_misses",
+    "Earlier questions above the similarity threshold that the near-miss guard refused, by "
+    "what told them apart (negation, number, name, title, name order, question word, "
+    "swapped words).",
+    ["reason"],
 )
 
 BREAKER_TRANSITIONS = Counter(
@@ -220,6 +238,16 @@ def observe_answer_quality(answer: Answer) -> None:
     ANSWER_CITATIONS.observe(quality.passages_cited)
     if not quality.all_sentences_cited:
         ANSWERS_UNCITED.inc()
+
+
+def observe_semantic(hit: float | None, refused: Sequence[tuple[float, str]]) -> None:
+    """One semantic lookup: the similarity of its hit, and what the guard refused."""
+    if hit is not None:
+        SEMANTIC_SIMILARITY.labels("hit").observe(hit)
+    elif refused:
+        SEMANTIC_SIMILARITY.labels("near_miss").observe(max(score for score, _ in refused))
+    for _, reason in refused:
+        SEMANTIC_NEAR_MISSES.labels(reason).inc()
 
 
 def count_cache(cache: str, *, hits: int, misses: int) -> None:
