@@ -141,7 +141,7 @@ ANSWERS_UNCITED = Counter(
 
 CACHE_REQUESTS = Counter(
     "scribes_cache_requests",
-    "Cache lookups by cache (exact, embedding, context) and outcome (hit, miss).",
+    "Cache lookups by cache (exact, embedding, context, chunk_embedding) and outcome (hit, miss).",
     ["cache", "outcome"],
 )
 
