@@ -13,6 +13,8 @@ __all__ = [
     "answer_cache_prefix",
     "breaker_events_key",
     "breaker_key",
+    "chunk_vector_cache_key",
+    "chunk_vector_cache_prefix",
     "context_cache_prefix",
     "corpus_version_key",
     "delivery_count_key",
@@ -82,6 +84,14 @@ def query_vector_cache_prefix(tenant: str) -> str:
 
 def query_vector_cache_key(tenant: str, digest: str) -> str:
     return query_vector_cache_prefix(tenant) + digest
+
+
+def chunk_vector_cache_prefix(tenant: str) -> str:
+    return f"{_PREFIX}:cvec:{tenant}:"
+
+
+def chunk_vector_cache_key(tenant: str, digest: str) -> str:
+    return chunk_vector_cache_prefix(tenant) + digest
 
 
 def context_cache_prefix(tenant: str) -> str:

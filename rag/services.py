@@ -15,6 +15,7 @@ from redis import Redis
 from rag.breaker import Breaker, BreakerConfig
 from rag.budgets import Budgets
 from rag.caches.answers import AnswerCache
+from rag.caches.chunks import ChunkVectorCache
 from rag.caches.contexts import ContextCache
 from rag.caches.semantic import SemanticCache
 from rag.caches.vectors import QueryVectorCache
@@ -96,6 +97,13 @@ class Services:
         settings = self.settings
         return QueryVectorCache(
             self.redis, model=settings.embedding_model, ttl_s=settings.query_vector_cache_ttl_s
+        )
+
+    @cached_property
+    def chunk_vectors(self) -> ChunkVectorCache:
+        settings = self.settings
+        return ChunkVectorCache(
+            self.redis, model=settings.embedding_model, ttl_s=settings.chunk_vector_cache_ttl_s
         )
 
     @cached_property

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         0.85, ge=0.5, le=1.0, alias="SCRIBES_SEMANTIC_CACHE_THRESHOLD"
     )
     semantic_cache_ttl_s: int = Field(86_400, ge=1, alias="SCRIBES_SEMANTIC_CACHE_TTL_S")
+    # A chunk's vector is worth keeping as long as its note may be edited and ingested again:
+    # 30 days spans a monthly re-sync of a notes folder, and each reuse renews it. An entry
+    # is about 2 KiB (384 float32s in base64), some twice its chunk's text.
+    chunk_vector_cache_ttl_s: int = Field(
+        30 * 86_400, ge=1, alias="SCRIBES_CHUNK_VECTOR_CACHE_TTL_S"
+    )
     # Short, because every worker renews the messages it holds (workers.leases): a dead
     # worker's messages come back after this plus the 5 s restore interval.
     visibility_timeout_s: int = Field(20, ge=8, alias="SCRIBES_VISIBILITY_TIMEOUT_S")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+
+from rag.caches.chunks import ChunkVectorCache
 from rag.chunking import chunk_text
 from rag.embedding import Embedder
 from rag.indexing import build_points, embedded_text
 from rag.records.documents import DocumentRegistry
 from rag.records.staging import ChunkStaging
 from rag.services import process_services
+from rag.telemetry.metrics import count_cache
 from rag.tokens import TokenCounter
 from rag.types import Failure
 from tasks.base import ScribesTask, scribes_task
@@ -32,6 +36,7 @@ def stage_revision(
     *,
     documents: DocumentRegistry,
     staging: ChunkStaging,
+    cache: ChunkVectorCache,
     embedder: Embedder,
     counter: TokenCounter,
     chunk_tokens: int,
@@ -39,7 +44,11 @@ def stage_revision(
     batch_size: int,
 ) -> bool:
     """Chunk and embed the revision into the staging area; True when the store should
-    apply it, False when there is nothing to write (superseded, deleted, or failed)."""
+    apply it, False when there is nothing to write (superseded, deleted, or failed).
+
+    Only the chunks whose embedded text is not in `cache` go to the model, in one batch; a
+    text that repeats within the note is looked up and embedded once.
+    """
     if not documents.is_current(tenant, document_id, revision):
         log.info("skipping %s/%s@%d: superseded or deleted", tenant, document_id, revision)
         return False
@@ -59,9 +68,24 @@ def stage_revision(
     if not chunks:
         documents.mark_failed(tenant, document_id, revision, Failure("no_text", "no text to index"))
         return False
-    vectors = embedder.embed(
-        [embedded_text(document.title, chunk.text) for chunk in chunks], batch_size=batch_size
+    texts = [embedded_text(document.title, chunk.text) for chunk in chunks]
+    distinct = list(dict.fromkeys(texts))
+    reused = cache.get_many(tenant, distinct)
+    missing = [text for text in distinct if text not in reused]
+    fresh = dict(zip(missing, embedder.embed(missing, batch_size=batch_size), strict=True))
+    cache.put_many(tenant, fresh, reused=list(reused))
+    count_cache("chunk_embedding", hits=len(reused), misses=len(missing))
+    log.info(
+        "staged %s/%s@%d: %d chunks, %d embedded, %d reused",
+        tenant,
+        document_id,
+        revision,
+        len(chunks),
+        len(fresh),
+        len(reused),
     )
+    known = reused | fresh
+    vectors = np.stack([known[text] for text in texts])
     staging.save(
         build_points(
             tenant=tenant,
@@ -85,6 +109,7 @@ def index_document(self: ScribesTask, *, tenant: str, document_id: str, revision
         revision,
         documents=services.documents,
         staging=services.staging,
+        cache=services.chunk_vectors,
         embedder=services.embedder(),
         counter=services.token_counter(),
         chunk_tokens=settings.chunk_tokens,

@@ -1,5 +1,5 @@
 """`DELETE /v1/cache`: empty the calling tenant's caches (exact and semantic answers, query
-vectors, contexts). Another tenant's entries are never touched."""
+vectors, contexts, chunk vectors). Another tenant's entries are never touched."""
 
 from __future__ import annotations
 

@@ -11,7 +11,12 @@ from enum import StrEnum
 
 from redis import Redis
 
-from rag.keys import answer_cache_prefix, context_cache_prefix, query_vector_cache_prefix
+from rag.keys import (
+    answer_cache_prefix,
+    chunk_vector_cache_prefix,
+    context_cache_prefix,
+    query_vector_cache_prefix,
+)
 
 __all__ = ["CacheMode", "clear_tenant_caches"]
 
@@ -31,7 +36,8 @@ class CacheMode(StrEnum):
 
 
 def clear_tenant_caches(redis: Redis, tenant: str) -> dict[str, int]:
-    """Delete the tenant's exact answers, query vectors and contexts; how many of each.
+    """Delete the tenant's exact answers, query vectors, contexts and chunk vectors; how
+    many of each. Without chunk vectors, the next ingest of each note embeds it whole.
 
     Every such key starts with a prefix that ends in the tenant and a colon, so another
     tenant's keys (even one whose name starts with this one's) never match.
@@ -41,6 +47,7 @@ def clear_tenant_caches(redis: Redis, tenant: str) -> dict[str, int]:
         ("exact", answer_cache_prefix(tenant)),
         ("embedding", query_vector_cache_prefix(tenant)),
         ("context", context_cache_prefix(tenant)),
+        ("chunk_embedding", chunk_vector_cache_prefix(tenant)),
     ):
         count = 0
         batch: list[str] = []

@@ -6,11 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from redis import Redis
 
 from rag.caches.answers import AnswerCache
+from rag.caches.chunks import ChunkVectorCache
+from rag.chunking import chunk_text
 from rag.embedding import Embedder, encode_vectors, load_embedder
+from rag.indexing import embedded_text
 from rag.records.documents import DocumentRegistry, DocumentStatus
 from rag.records.jobs import JobStatus, JobStore, Stage, new_job_id
 from rag.records.pending import PendingQuestions
@@ -18,7 +23,7 @@ from rag.records.staging import ChunkStaging
 from rag.settings import Settings
 from rag.store import VectorStore, open_vector_store
 from rag.tokens import TokenCounter, load_token_counter
-from rag.types import Failure
+from rag.types import ChunkPoint, Failure
 from rag.writers.anthropic import AnthropicWriter
 from rag.writers.base import TransientLLMError
 from rag.writers.extractive import ExtractiveWriter
@@ -34,6 +39,33 @@ MANNA = (
     "Pastor Ruth preached on Exodus 16. Manna fell every morning except the Sabbath, and "
     "what was kept overnight bred worms. Her point: daily bread cannot be hoarded."
 )
+# Six paragraphs: eight chunks at 64 tokens, so that one edit leaves most of them as they were.
+SERIES = "\n\n".join(
+    (
+        "Pastor Ruth began the series on Exodus 16 with the grumbling in the wilderness of Sin. "
+        "The people had left Elim six weeks before and already missed the pots of meat in Egypt. "
+        "She read the complaint aloud twice, once angry and once afraid, and asked which voice "
+        "we use when we pray about money, health or the people we love.",
+        "Manna fell every morning except the Sabbath. Each household gathered an omer a person, "
+        "about two litres, and whoever gathered much had nothing over and whoever gathered "
+        "little had no lack. Ruth said the measure was the point: enough, not more, and for "
+        "everyone.",
+        "What was kept overnight bred worms and stank. Her grandmother kept flour in tins under "
+        "the bed through the hungry years, and Ruth did not mock her for it; fear of tomorrow "
+        "is honest. But daily bread cannot be hoarded, and the worms are what hoarding costs us.",
+        "On the sixth day they gathered twice as much, and that portion kept. Rest was built "
+        "into the provision itself. Ruth asked the congregation to name one thing they would "
+        "stop doing on Sunday afternoons for a month, and to write it on the card in the pew.",
+        "Aaron put an omer of manna in a jar before the testimony, to be kept for the "
+        "generations. The one thing that rotted overnight was kept for centuries when it was "
+        "kept as a witness and not as a store. Memory, she said, is the one kind of saving that "
+        "God commands.",
+        "She closed with the Lord's Prayer and the line give us this day our daily bread, and "
+        "the choir sang Guide Me, O Thou Great Jehovah, with the bread of heaven repeated four "
+        "times as the tune demands. Coffee and bread rolls followed in the hall.",
+    )
+)
+SMALL_CHUNKS, SMALL_OVERLAP = 64, 16
 SETTINGS = Settings()
 
 
@@ -83,6 +115,7 @@ def index(
         record.revision,
         documents=documents,
         staging=staging,
+        cache=chunk_vectors(redis),
         embedder=embedder,
         counter=counter,
         chunk_tokens=SETTINGS.chunk_tokens,
@@ -94,6 +127,50 @@ def index(
     )
     assert chunks is not None
     return record.revision
+
+
+def chunk_vectors(redis: Redis) -> ChunkVectorCache:
+    return ChunkVectorCache(redis, model=SETTINGS.embedding_model, ttl_s=600)
+
+
+def staged(
+    redis: Redis, embedder: Embedder, counter: TokenCounter, tenant: str, text: str
+) -> list[ChunkPoint]:
+    """The points `stage_revision` staged for a new revision of the note "series"."""
+    documents, staging = DocumentRegistry(redis), ChunkStaging(redis)
+    record = documents.submit(
+        tenant=tenant, document_id="series", title="Manna", text=text, metadata={}
+    )
+    assert stage_revision(
+        tenant,
+        "series",
+        record.revision,
+        documents=documents,
+        staging=staging,
+        cache=chunk_vectors(redis),
+        embedder=embedder,
+        counter=counter,
+        chunk_tokens=SMALL_CHUNKS,
+        overlap_tokens=SMALL_OVERLAP,
+        batch_size=8,
+    )
+    points = staging.load(tenant, "series", record.revision)
+    assert points is not None
+    return points
+
+
+def chunk_lookups() -> dict[str, float]:
+    return {
+        outcome: REGISTRY.get_sample_value(
+            "scribes_cache_requests_total", {"cache": "chunk_embedding", "outcome": outcome}
+        )
+        or 0.0
+        for outcome in ("hit", "miss")
+    }
+
+
+def cached_chunks(redis: Redis, tenant: str) -> int:
+    return sum(1 for _ in redis.scan_iter(match=f"scribes:cvec:{tenant}:*"))
 
 
 def new_job(redis: Redis, question: str) -> str:
@@ -187,6 +264,7 @@ def test_an_expired_text_fails_the_document_with_a_code(
         record.revision,
         documents=documents,
         staging=ChunkStaging(redis),
+        cache=chunk_vectors(redis),
         embedder=embedder,
         counter=counter,
         chunk_tokens=200,
@@ -196,6 +274,62 @@ def test_an_expired_text_fails_the_document_with_a_code(
     failed = documents.get(TENANT, "gone")
     assert not staged and failed is not None and failed.status is DocumentStatus.FAILED
     assert failed.error is not None and failed.error.code == "text_expired"
+
+
+def test_a_reingest_embeds_only_the_chunks_that_changed(
+    redis: Redis, embedder: Embedder, counter: TokenCounter
+) -> None:
+    def texts(note: str) -> set[str]:
+        chunks = chunk_text(
+            note, counter=counter, max_tokens=SMALL_CHUNKS, overlap_tokens=SMALL_OVERLAP
+        )
+        return {embedded_text("Manna", chunk.text) for chunk in chunks}
+
+    before = chunk_lookups()
+    first = staged(redis, embedder, counter, TENANT, SERIES)
+    after = chunk_lookups()
+    assert after["miss"] - before["miss"] == len(first) and after["hit"] == before["hit"]
+    assert cached_chunks(redis, TENANT) == len(first)
+    key = next(redis.scan_iter(match=f"scribes:cvec:{TENANT}:*"))
+    assert 0 < redis.ttl(key) <= 600
+
+    edited = SERIES.replace("about two litres", "about two quarts")
+    changed, kept = texts(edited) - texts(SERIES), texts(edited) & texts(SERIES)
+    assert len(changed) == 1 and len(kept) >= 6
+    before = chunk_lookups()
+    second = staged(redis, embedder, counter, TENANT, edited)
+    after = chunk_lookups()
+    assert after["miss"] - before["miss"] == len(changed)
+    assert after["hit"] - before["hit"] == len(kept)
+    assert cached_chunks(redis, TENANT) == len(first) + len(changed)
+    # Reused or not, every point carries its own text's vector, in its own place.
+    fresh = embedder.embed([embedded_text("Manna", p.payload.text) for p in second])
+    assert np.allclose([p.vector for p in second], fresh, atol=1e-5)
+
+    # A reused vector is the cached one, not a recomputed one: plant one and see it staged.
+    planted = np.zeros(SETTINGS.embedding_dimension, dtype=np.float32)
+    planted[0] = 1.0
+    target = second[0].payload.text
+    cache = chunk_vectors(redis)
+    cache.put_many(TENANT, {embedded_text("Manna", target): planted})
+    third = staged(redis, embedder, counter, TENANT, edited)
+    assert [p.vector for p in third if p.payload.text == target] == [planted.tolist()]
+
+
+def test_a_tenant_never_reuses_another_tenants_chunk_vectors(
+    redis: Redis, embedder: Embedder, counter: TokenCounter
+) -> None:
+    staged(redis, embedder, counter, TENANT, SERIES)
+    before = chunk_lookups()
+    theirs = staged(redis, embedder, counter, "t2", SERIES)
+    after = chunk_lookups()
+    assert after["miss"] - before["miss"] == len(theirs) and after["hit"] == before["hit"]
+    assert cached_chunks(redis, "t2") == cached_chunks(redis, TENANT) == len(theirs)
+    # While each tenant's own note is all hits.
+    before = chunk_lookups()
+    staged(redis, embedder, counter, TENANT, SERIES)
+    after = chunk_lookups()
+    assert after["hit"] - before["hit"] == len(theirs) and after["miss"] == before["miss"]
 
 
 def test_retrieve_hands_passages_on_or_answers_no_context(
