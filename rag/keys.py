@@ -106,7 +106,7 @@ def answer_cache_prefix(tenant: str) -> str:
 def answer_cache_key(
     tenant: str, normalised_question: str, corpus_version: int, pipeline_fingerprint: str
 ) -> str:
-    """The exact-cache key; `rag.caches.answers` computes the same one inside Redis.
+    """The exact-cache key; `rag.records.exact_hits` computes the same one inside Redis.
 
     SHA-1 because Redis scripts have it (`redis.sha1hex`); a cache key needs no more.
     """

@@ -21,6 +21,7 @@ from rag.caches.semantic import SemanticCache
 from rag.caches.vectors import QueryVectorCache
 from rag.embedding import Embedder, load_embedder
 from rag.records.documents import DocumentRegistry
+from rag.records.exact_hits import ExactHits
 from rag.records.heartbeats import Heartbeats
 from rag.records.jobs import JobFinished, JobStore
 from rag.records.pending import PendingQuestions
@@ -64,7 +65,8 @@ class Services:
 
     def job_finished(self, event: JobFinished) -> None:
         """Every job as it finishes, once: added to the usage ledger, counted in the metrics."""
-        self.usage.record(event)
+        if not event.ledgered:
+            self.usage.record(event)
         observe_question(
             outcome=event.outcome,
             cache=event.cache,
@@ -91,6 +93,10 @@ class Services:
     @cached_property
     def answers(self) -> AnswerCache:
         return AnswerCache(self.redis, ttl_s=self.settings.answer_cache_ttl_s)
+
+    @cached_property
+    def exact_hits(self) -> ExactHits:
+        return ExactHits(self.redis, self.jobs)
 
     @cached_property
     def query_vectors(self) -> QueryVectorCache:

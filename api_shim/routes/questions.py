@@ -46,23 +46,23 @@ def submit_question(
         body.question, counter=deps.counter, max_tokens=settings.query_max_tokens
     )
     request_id = request.headers.get("x-request-id")
-    cache = services.answers.lookup(settings, tenant=tenant, question=question, top_k=top_k)
     job_id = new_job_id()
     tag_span(job_id=job_id, tenant=tenant, request_id=request_id)
     mode = CacheMode(body.cache)
-    cached = cache.answer if mode.reads else None
+    # One round trip: the key, and on a hit the finished job, recorded and counted.
+    cache = services.exact_hits.serve(
+        settings,
+        job_id=job_id,
+        tenant=tenant,
+        question=question,
+        top_k=top_k,
+        request_id=request_id,
+        reads=mode.reads,
+    )
     if mode.reads:
-        count_cache("exact", hits=int(cached is not None), misses=int(cached is None))
-    if cached is not None:
-        job = services.jobs.create_finished(
-            job_id=job_id,
-            tenant=tenant,
-            question=question,
-            top_k=top_k,
-            answer=cached,
-            request_id=request_id,
-        )
-        return JSONResponse(job_view(job), status_code=200)
+        count_cache("exact", hits=int(cache.job is not None), misses=int(cache.job is None))
+    if cache.job is not None:
+        return JSONResponse(job_view(cache.job), status_code=200)
     # Only a model costs money; cached answers (above) are served over budget too.
     if settings.uses_anthropic and settings.budget_action == "reject":
         spent = services.budgets.exceeded(tenant)

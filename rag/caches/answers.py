@@ -6,15 +6,14 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
 
 from redis import Redis
 
-from rag.keys import answer_cache_key, answer_cache_prefix, corpus_version_key
+from rag.keys import answer_cache_key
 from rag.settings import Settings
 from rag.types import Answer
 
-__all__ = ["AnswerCache", "CacheLookup", "normalise_question", "pipeline_fingerprint"]
+__all__ = ["AnswerCache", "normalise_question", "pipeline_fingerprint"]
 
 # Bump when prompt assembly or post-processing changes what an answer would be.
 PIPELINE_VERSION = "2"  # 2: answers carry their quality
@@ -41,40 +40,12 @@ def pipeline_fingerprint(settings: Settings, *, top_k: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# The corpus version and the cached answer in one round trip: the key needs the version.
-_LOOKUP = """
-local version = redis.call('GET', KEYS[1]) or '0'
-local key = ARGV[1] .. redis.sha1hex(ARGV[2] .. '\\31' .. version .. '\\31' .. ARGV[3])
-return {version, key, redis.call('GET', key)}
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class CacheLookup:
-    """What the cache says of a question: its key, the corpus version, the answer if any."""
-
-    key: str
-    corpus_version: int
-    answer: Answer | None
-
-
 class AnswerCache:
+    """Finished answers by key; `rag.records.exact_hits` looks them up and serves them."""
+
     def __init__(self, redis: Redis, *, ttl_s: int) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
-        self._lookup = redis.register_script(_LOOKUP)
-
-    def lookup(self, settings: Settings, *, tenant: str, question: str, top_k: int) -> CacheLookup:
-        version, key, raw = self._lookup(
-            keys=[corpus_version_key(tenant)],
-            args=[
-                answer_cache_prefix(tenant),
-                normalise_question(question),
-                pipeline_fingerprint(settings, top_k=top_k),
-            ],
-        )
-        answer = Answer.from_json(json.loads(raw)) if raw else None
-        return CacheLookup(key=str(key), corpus_version=int(version), answer=answer)
 
     def key_for(
         self, settings: Settings, *, tenant: str, question: str, top_k: int, corpus_version: int

@@ -194,6 +194,10 @@ def _decode(raw: dict[str, str]) -> JobRecord:
 
 
 def _answer_of(raw: dict[str, str]) -> Answer | None:
+    if "cached_answer" in raw:
+        # An exact-cache hit keeps the answer as the cache holds it; it cost nothing now.
+        cached = Answer.from_json(json.loads(raw["cached_answer"]))
+        return replace(cached, usage=Usage())
     if "answer" not in raw:
         return None
     return Answer(
@@ -222,6 +226,8 @@ class JobFinished:
     duration_s: float
     answer: Answer | None = None
     error: Failure | None = None
+    # Already in the usage ledger: an exact-cache hit is counted in the write that made it.
+    ledgered: bool = False
 
 
 FinishHook = Callable[[JobFinished], None]
@@ -290,7 +296,24 @@ class JobStore:
         answer: Answer,
         request_id: str | None = None,
     ) -> JobRecord:
-        """A job answered from the exact cache: born finished, so its id can be polled too."""
+        """A job answered from the exact cache: born finished, so its id can be polled too.
+
+        `rag.records.exact_hits` writes the same record inside the cache lookup itself.
+        """
+        record, fields = self.born_finished(
+            job_id=job_id, tenant=tenant, question=question, top_k=top_k, request_id=request_id
+        )
+        # The cached answer cost nothing this time; the original job paid for it.
+        record = replace(record, answer=replace(answer, usage=Usage()))
+        assert record.answer is not None
+        self._write(record, {**fields, **_answer_fields(record.answer)})
+        self.finished_from_cache(record)
+        return record
+
+    def born_finished(
+        self, *, job_id: str, tenant: str, question: str, top_k: int, request_id: str | None
+    ) -> tuple[JobRecord, dict[str, str | int | float]]:
+        """An exact-cache hit's record, less its answer, and the hash fields that store it."""
         now = time.time()
         record = JobRecord(
             id=job_id,
@@ -303,35 +326,34 @@ class JobStore:
             answer_cache_key="",
             created_at=now,
             request_id=request_id,
-            # The cached answer cost nothing this time; the original job paid for it.
-            answer=replace(answer, usage=Usage()),
             cached="exact",
             stamps={"finished_at": now},
         )
+        return record, {**_record_fields(record), "finished_at": now, "cached": "exact"}
+
+    def finished_from_cache(self, record: JobRecord, *, ledgered: bool = False) -> None:
+        """Tell the finish hook of an exact-cache hit, `ledgered` if already counted."""
         assert record.answer is not None
-        self._write(
-            record, {"finished_at": now, "cached": "exact", **_answer_fields(record.answer)}
-        )
         self._finished(
-            JobFinished(job_id, tenant, _outcome_of(record.answer), "exact", 0.0, record.answer)
+            JobFinished(
+                record.id,
+                record.tenant,
+                _outcome_of(record.answer),
+                "exact",
+                0.0,
+                record.answer,
+                ledgered=ledgered,
+            )
         )
-        return record
+
+    @property
+    def ttl_s(self) -> int:
+        return self._ttl_s
 
     def _write(self, record: JobRecord, fields: dict[str, str | int | float]) -> None:
         """A new record; the id is new, so there is nothing to read back."""
-        mapping: dict[Any, str | int | float] = {
-            "id": record.id,
-            "tenant": record.tenant,
-            "question": record.question,
-            "top_k": record.top_k,
-            "created_at": record.created_at,
-            "status": record.status.value,
-            "stage": record.stage.value,
-            "stage_rank": record.stage.rank,
-            "request_id": record.request_id or "",
-            **fields,
-        }
         key = job_key(record.id)
+        mapping: dict[Any, str | int | float] = {**_record_fields(record), **fields}
         with self._redis.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self._ttl_s)
@@ -505,6 +527,20 @@ class JobStore:
     def forget(self, job_id: str) -> None:
         """Take a job the sweep need not watch (finished, gone, past its deadline) off it."""
         self._redis.zrem(active_jobs_key(), job_id)
+
+
+def _record_fields(record: JobRecord) -> dict[str, str | int | float]:
+    return {
+        "id": record.id,
+        "tenant": record.tenant,
+        "question": record.question,
+        "top_k": record.top_k,
+        "created_at": record.created_at,
+        "status": record.status.value,
+        "stage": record.stage.value,
+        "stage_rank": record.stage.rank,
+        "request_id": record.request_id or "",
+    }
 
 
 def _outcome_of(answer: Answer) -> str:

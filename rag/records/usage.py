@@ -32,6 +32,7 @@ from rag.records.jobs import JobFinished
 
 __all__ = [
     "DAY_TTL_S",
+    "RECORDED_TTL_S",
     "TOKEN_TYPES",
     "DayUsage",
     "ModelTally",
@@ -45,7 +46,7 @@ __all__ = [
 
 DAY_TTL_S = 400 * 86_400
 # A job finishes once; its marker only has to outlive any repeat of the same finish.
-_RECORDED_TTL_S = 2 * 86_400
+RECORDED_TTL_S = 2 * 86_400
 _SCALE = 9
 _QUANTUM = Decimal(1).scaleb(-_SCALE)
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
@@ -282,7 +283,7 @@ class UsageLedger:
             else:
                 # Prices come rounded to 8 places (rag.writers.pricing): nine lose nothing.
                 cost = usd(usage.cost_usd)
-        args: list[str | int] = [self._ttl_s, _RECORDED_TTL_S, event.tenant, cost, f"cost:{model}"]
+        args: list[str | int] = [self._ttl_s, RECORDED_TTL_S, event.tenant, cost, f"cost:{model}"]
         for name, increment in increments.items():
             args.extend((name, increment))
         keys = [

@@ -209,8 +209,16 @@ def test_a_job_whose_message_was_lost_is_answered_by_the_sweep_at_the_defaults(
         ingest(bob, f"mustard-lost-{tag}", "Mustard seed", MUSTARD)
     services = Services(settings)
     question = f"How many mustard seeds were in the jar, lost message {tag}?"
-    lookup = services.answers.lookup(settings, tenant="bob", question=question, top_k=5)
     job_id = new_job_id()
+    lookup = services.exact_hits.serve(
+        settings,
+        job_id=job_id,
+        tenant="bob",
+        question=question,
+        top_k=5,
+        request_id=None,
+        reads=False,
+    )
     # What the API does on submit, minus the publish: the message never reaches a queue.
     services.jobs.create(
         job_id=job_id,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from rag.records.documents import DocumentRegistry, DocumentStatus
-from rag.records.jobs import JobStatus, JobStore, Stage, new_job_id
+from rag.records.exact_hits import ExactLookup
+from rag.records.jobs import JobFinished, JobStatus, JobStore, Stage, new_job_id
 from rag.records.pending import PendingQuestions
+from rag.records.usage import day_of
 from rag.types import Answer, Failure, Usage
 
 
@@ -134,25 +137,80 @@ def test_a_batch_is_capped_and_the_asking_job_always_comes_first(client: redis.R
 
 def test_the_cache_lookup_reads_version_and_answer_in_one_script(client: redis.Redis) -> None:
     from rag.caches.answers import AnswerCache
+    from rag.records.exact_hits import ExactHits
     from rag.settings import Settings
 
     settings = Settings()
     cache = AnswerCache(client, ttl_s=60)
+    jobs = JobStore(client, ttl_s=60)
+    hits = ExactHits(client, jobs)
     registry = DocumentRegistry(client)
-    miss = cache.lookup(settings, tenant="t", question="Why?", top_k=3)
-    assert miss.answer is None and miss.corpus_version == 0
+
+    def serve(tenant: str, question: str) -> ExactLookup:
+        return hits.serve(
+            settings,
+            job_id=new_job_id(),
+            tenant=tenant,
+            question=question,
+            top_k=3,
+            request_id=None,
+            reads=True,
+        )
+
+    miss = serve("t", "Why?")
+    assert miss.job is None and miss.corpus_version == 0
     # Redis computes the key exactly as Python does.
     assert miss.key == cache.key_for(
         settings, tenant="t", question="why", top_k=3, corpus_version=0
     )
 
-    cache.put(miss.key, Answer("Because."))
-    hit = cache.lookup(settings, tenant="t", question="  WHY ", top_k=3)
-    assert hit.answer == Answer("Because.") and hit.key == miss.key
-    assert cache.lookup(settings, tenant="u", question="Why?", top_k=3).answer is None
+    cache.put(miss.key, Answer("Because.", usage=Usage(input_tokens=9)))
+    hit = serve("t", "  WHY ")
+    assert hit.key == miss.key and hit.job is not None
+    # Born finished, with the answer at no cost, and pollable like any other job.
+    assert hit.job.answer == Answer("Because.") and hit.job.cached == "exact"
+    assert jobs.get(hit.job.id) == hit.job
+    assert serve("u", "Why?").job is None
 
     # A new corpus version is a new key: the old answer is not served.
     record = registry.submit(tenant="t", document_id="d", title="T", text="x", metadata={})
     registry.mark_indexed("t", "d", record.revision, chunks=1)
-    after = cache.lookup(settings, tenant="t", question="Why?", top_k=3)
-    assert after.corpus_version == 1 and after.answer is None and after.key != miss.key
+    after = serve("t", "Why?")
+    assert after.corpus_version == 1 and after.job is None and after.key != miss.key
+
+
+def test_an_exact_hit_is_counted_as_the_ledger_counts_one(client: redis.Redis) -> None:
+    from rag.caches.answers import AnswerCache
+    from rag.records.exact_hits import ExactHits
+    from rag.records.usage import UsageLedger
+    from rag.settings import Settings
+
+    settings = Settings()
+    jobs = JobStore(client, ttl_s=60)
+    ledger = UsageLedger(client)
+    for answer in (Answer("Because.", model="m"), Answer("Not in your notes.", no_context=True)):
+        for tenant in ("served", "recorded"):
+            key = AnswerCache(client, ttl_s=60).key_for(
+                settings, tenant=tenant, question="why", top_k=3, corpus_version=0
+            )
+            AnswerCache(client, ttl_s=60).put(key, answer)
+        served = ExactHits(client, jobs).serve(
+            settings,
+            job_id=new_job_id(),
+            tenant="served",
+            question="Why?",
+            top_k=3,
+            request_id=None,
+            reads=True,
+        )
+        assert served.job is not None
+        recorded = jobs.create_finished(
+            job_id=new_job_id(), tenant="recorded", question="Why?", top_k=3, answer=answer
+        )
+        outcome = "no_context" if answer.no_context else "answered"
+        ledger.record(JobFinished(recorded.id, "recorded", outcome, "exact", 0.0, answer))
+    today = day_of(time.time())
+    assert (
+        ledger.report("served", today, today).to_json()["totals"]
+        == (ledger.report("recorded", today, today).to_json()["totals"])
+    )
