@@ -256,6 +256,7 @@ class _Planner:
         self.order: list[tuple[int, str]] = []  # (first step, raw text) of each normalised form
         self.normalised: dict[str, str] = {}  # raw -> normalised, as normalising is not cheap
         self.asked_groups: set[str] = set()
+        self.asks: Counter[str] = Counter()  # group -> times asked
         self.fresh = sorted(
             g.name
             for g in self.groups.values()
@@ -264,14 +265,20 @@ class _Planner:
         self.unanswerable = sorted(g.strings[0] for g in self.groups.values() if g.unanswerable)
         self.originals = {text for group in self.groups.values() for text in group.strings}
 
-    def pick(self, options: Sequence[tuple[str | None, str]]) -> str:
-        """One of `options` (topic, value): a topic by its Zipf weight, then a value in it."""
+    def pick(self, options: Sequence[tuple[str | None, str]], *, popular: bool = False) -> str:
+        """One of `options` (topic, value): a topic by its Zipf weight, then a value in it;
+        `popular`: a value (a question asked before) by how often its meaning was asked, so
+        that popularity within a topic is heavy-tailed too, as when people ask again what
+        they and others asked most."""
         by_topic: dict[str | None, list[str]] = defaultdict(list)
         for topic, value in options:
             by_topic[topic].append(value)
         topics = sorted(by_topic, key=str)
         topic = self.rng.choices(topics, [self.weight.get(t or "", 1e-3) for t in topics])[0]
-        return self.rng.choice(by_topic[topic])
+        values = by_topic[topic]
+        if not popular:
+            return self.rng.choice(values)
+        return self.rng.choices(values, [self.asks[self._group(v).name] for v in values])[0]
 
     def _key(self, text: str) -> str:
         key = self.normalised.get(text)
@@ -300,7 +307,7 @@ class _Planner:
                 return None
             if kind == "recased":
                 old = [t for t in old if t in self.originals]  # never a variant's variant
-            text = self.pick([(self._group(t).topic, t) for t in old])
+            text = self.pick([(self._group(t).topic, t) for t in old], popular=True)
             if kind == "repeat":
                 return self._ask(text, kind, step)
             group = self._group(text)
@@ -348,6 +355,7 @@ class _Planner:
             self.asked[key] = (step, text)
             self.order.append((step, text))
         self.asked_groups.add(group.name)
+        self.asks[group.name] += 1
         return WorkloadQuestion(text, group.name, kind, group.topic, near_miss_of)
 
 
