@@ -51,7 +51,7 @@ KIND_SHARES: Mapping[QuestionKind, float] = {
 # with 8 clients replaying in order the earlier answer has usually finished (and is cached).
 MIN_GAP = 24
 ZIPF_S = 1.0
-# Lines of a note an edit changes: few, so that passages elsewhere in the note stay the same.
+# Lines of a note an edit rewrites: few, so that passages elsewhere in the note stay the same.
 LINES_PER_EDIT = 3
 _EDIT_SENTENCES = (
     "Later note: I had this part slightly wrong and fixed it after listening to the recording.",
@@ -228,7 +228,8 @@ def _recase(text: str, rng: random.Random) -> list[str]:
 
 
 def _edited(text: str, number: int, rng: random.Random) -> str:
-    """The note with a sentence added to a few of its longer lines: a real text change."""
+    """The note with a few of its longer lines rewritten: each keeps its first half and ends
+    in a new sentence, so that text goes as well as comes, as when a note is corrected."""
     lines = text.split("\n")
     candidates = [
         i
@@ -236,8 +237,9 @@ def _edited(text: str, number: int, rng: random.Random) -> str:
         if len(line.split()) >= 8 and not line.lstrip().startswith("#")
     ]
     for index in rng.sample(candidates, min(LINES_PER_EDIT, len(candidates))):
+        words = lines[index].split(" ")
         sentence = _EDIT_SENTENCES[(number + index) % len(_EDIT_SENTENCES)]
-        lines[index] = f"{lines[index].rstrip()} {sentence}"
+        lines[index] = " ".join([*words[: len(words) // 2], sentence])
     return "\n".join(lines)
 
 
