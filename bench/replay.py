@@ -264,7 +264,9 @@ def _restore(system: BenchSystem, workload: Workload, replay: Replay) -> None:
 
 def _store_baseline_answer(system: BenchSystem, replay: Replay) -> None:
     """A job the model answered, as the API returned it: what the bare GET serves."""
-    answered = next(reply.job for reply in replay.replies if reply.called_model)
+    answered = next((reply.job for reply in replay.replies if reply.called_model), None)
+    if answered is None:
+        raise RuntimeError("no question reached the model; is the fake's URL in the settings?")
     client = Redis.from_url(system.redis_url, decode_responses=True, socket_timeout=5)
     try:
         client.set(BASELINE_KEY, json.dumps(answered))
