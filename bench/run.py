@@ -26,6 +26,7 @@ from bench.inprocess import open_inprocess_pipeline
 from bench.machine import cpu_share, wait_until_quiet
 from bench.notes import bench_notes, unique_questions
 from bench.pipeline import run_pipeline
+from bench.replay import run_workload
 from bench.report import BenchResult, summary_table
 from bench.system import BenchSystem, progress, running_system
 from bench.telemetry import run_telemetry
@@ -109,11 +110,12 @@ BENCHMARKS: dict[str, Callable[[BenchSystem, BenchSizes, str], BenchResult]] = {
     "pipeline": _pipeline,
     "throughput": _throughput,
 }
-# Benchmarks that start clusters of their own, as they break them on purpose; run only when
-# named with --only, since `faults` takes about 6 minutes.
+# Benchmarks that start clusters of their own, as they break them on purpose or need a
+# model to count; run only when named with --only, since each takes minutes.
 SEPARATE: dict[str, Callable[[Path], BenchResult]] = {
     "faults": run_faults,
     "telemetry": run_telemetry,
+    "workload": run_workload,
 }
 
 
@@ -125,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmarks: cache, pipeline, throughput. Each prints its figures and a ratio against "
         "a baseline measured in the same run. `--only faults` (about 6 minutes, never in the "
         "default set) instead kills a pool and takes the model down on clusters of its own, "
-        "each run with and without the feature that handles the fault.",
+        "each run with and without the feature that handles the fault. `--only workload` (about "
+        "3.5 minutes) replays 2,000 labelled questions with note edits and deletes on a "
+        "system of its own, caches on against every request bypassing them.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smaller counts: a smoke run of about a minute"
