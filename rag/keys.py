@@ -16,6 +16,7 @@ __all__ = [
     "chunk_vector_cache_key",
     "chunk_vector_cache_prefix",
     "context_cache_prefix",
+    "corpus_changes_key",
     "corpus_version_key",
     "delivery_count_key",
     "document_key",
@@ -76,6 +77,11 @@ def staged_chunks_key(tenant: str, document_id: str, revision: int) -> str:
 
 def corpus_version_key(tenant: str) -> str:
     return f"{_PREFIX}:corpus:{tenant}"
+
+
+def corpus_changes_key(tenant: str) -> str:
+    # Which document each corpus version changed, scored by that version.
+    return f"{_PREFIX}:corpus:{tenant}:changes"
 
 
 def query_vector_cache_prefix(tenant: str) -> str:

@@ -122,7 +122,9 @@ class Services:
         settings = self.settings
         if not settings.semantic_cache_enabled:
             return None
-        return SemanticCache(self.redis, self.question_index, self.documents, settings)
+        return SemanticCache(
+            self.redis, self.question_index, self.documents, self.vector_store, settings
+        )
 
     @cached_property
     def pending(self) -> PendingQuestions:

@@ -97,6 +97,11 @@ class QuestionEntry:
     question: str
     answer_key: str
     expires_at: float
+    # What its answer was written from: the documents of every passage retrieved, and the
+    # score a passage had to beat to be among them. A later change to other documents
+    # leaves the answer as it was unless one of them now has a passage above `floor`.
+    documents: tuple[str, ...] = ()
+    floor: float = 0.0
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -106,6 +111,8 @@ class QuestionEntry:
             "question": self.question,
             "answer_key": self.answer_key,
             "expires_at": self.expires_at,
+            "documents": list(self.documents),
+            "floor": self.floor,
         }
 
 
@@ -116,14 +123,24 @@ class QuestionMatch:
     score: float
     question: str
     answer_key: str
+    corpus_version: int
+    documents: tuple[str, ...]
+    floor: float
+    vector: tuple[float, ...]  # the earlier question's own
 
     @classmethod
-    def of_payload(cls, score: float, payload: Mapping[str, Any] | None) -> QuestionMatch:
+    def of_point(
+        cls, score: float, payload: Mapping[str, Any] | None, vector: Sequence[float] | None
+    ) -> QuestionMatch:
         payload = payload or {}
         return cls(
             score=float(score),
             question=str(payload.get("question", "")),
             answer_key=str(payload.get("answer_key", "")),
+            corpus_version=int(payload.get("corpus_version", 0)),
+            documents=tuple(str(d) for d in payload.get("documents", ())),
+            floor=float(payload.get("floor", 0.0)),
+            vector=tuple(float(x) for x in vector or ()),
         )
 
 

@@ -57,7 +57,7 @@ def find_passages(
     if semantic is not None and mode.writes:
         # Read before the search: what the search finds is of this version or newer.
         version = documents.corpus_version(job.tenant)
-        if mode.reads and _answered_from(semantic, job, version, jobs):
+        if mode.reads and _answered_from(semantic, job, version, jobs, answers):
             return Retrieved.SEMANTIC
     lookup = None
     if contexts is not None and mode.writes:
@@ -92,12 +92,15 @@ def find_passages(
             top_k=job.top_k,
             corpus_version=version,
             answer_key=job.answer_cache_key,
+            passages=passages,
         )
     jobs.finish_stage(job_id, Stage.RETRIEVE, passages=passages)
     return Retrieved.PASSAGES
 
 
-def _answered_from(semantic: SemanticCache, job: JobRecord, version: int, jobs: JobStore) -> bool:
+def _answered_from(
+    semantic: SemanticCache, job: JobRecord, version: int, jobs: JobStore, answers: AnswerCache
+) -> bool:
     """Finish the job with an earlier answer when the semantic cache has one for it."""
     assert job.query_vector is not None
     with tracer.start_as_current_span("semantic cache lookup") as span:
@@ -121,12 +124,16 @@ def _answered_from(semantic: SemanticCache, job: JobRecord, version: int, jobs: 
     observe_semantic(hit.similarity if hit else None, found.refused)
     if hit is None:
         return False
-    jobs.succeed(
+    finished = jobs.succeed(
         job.id,
         hit.answer,
         last_stage=Stage.RETRIEVE,
         semantic=SemanticSource(hit.question, hit.similarity),
     )
+    if finished and hit.revalidated and job.corpus_version == version:
+        # Still true at this version: the next time these very words are asked, the API
+        # answers them from the exact cache.
+        answers.put(job.answer_cache_key, hit.answer)
     return True
 
 

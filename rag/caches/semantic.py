@@ -9,15 +9,25 @@ emptied by `DELETE /v1/cache`, never written because the answer was degraded or 
 never served from here either.
 
 A hit needs all of:
-- the same tenant, the tenant's corpus version as it is now, and the same answer settings
-  (`pipeline_fingerprint`): an edit or a delete makes every older entry unreachable;
+- the same tenant and the same answer settings (`pipeline_fingerprint`);
+- the tenant's corpus version as it is now, or an older one whose answer the notes changed
+  since leave as it was: none of them is a document the answer was written from (any of
+  its retrieved passages), and none now holds a passage that would have made the earlier
+  question's top passages (one above their floor, for the earlier question's own vector).
+  Then the search would find the same passages, so the answer is the one it would write;
+  an edited or deleted source, or a new note that outranks them, ends the entry. The
+  document registry logs which document each corpus version changed
+  (`DocumentRegistry.changes_since`); where the log does not reach back, no older entry
+  is served;
 - cosine similarity of at least `SCRIBES_SEMANTIC_CACHE_THRESHOLD` (0.85, tuned on
   `samples/eval/paraphrases.jsonl`; the README says how);
 - the near-miss guard's consent (`rag.caches.near_miss`);
 - an answer that said something: a no-context answer is never shared.
 
 Entries are written as the retrieve stage finds passages, before the answer exists: the
-entry is live as soon as the exact cache holds its answer, and never before.
+entry is live as soon as the exact cache holds its answer, and never before. A hit on an
+older version's entry also puts the answer under the asking job's exact-cache key, so the
+same words asked again are answered by the API at once.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -38,8 +48,9 @@ from rag.caches.answers import pipeline_fingerprint
 from rag.caches.near_miss import QuestionWords, near_miss
 from rag.records.documents import DocumentRegistry
 from rag.settings import Settings
-from rag.store import QuestionIndex
-from rag.types import Answer, QuestionEntry
+from rag.store import QuestionIndex, VectorStore
+from rag.telemetry.metrics import SEMANTIC_REVALIDATIONS
+from rag.types import Answer, Passage, QuestionEntry, QuestionMatch
 
 __all__ = ["SemanticCache", "SemanticHit", "SemanticLookup"]
 
@@ -47,7 +58,7 @@ _NAMESPACE = uuid.UUID("0b7e3c55-9a1d-4f43-8d6e-2f51c9a7b8e4")
 # Candidates above the threshold to weigh: the nearest may be refused by the guard, or its
 # answer gone, while the next is good.
 _CANDIDATES = 5
-# How often each process drops a tenant's unreachable entries (older versions, expired).
+# How often each process drops a tenant's expired entries.
 _PURGE_EVERY_S = 600.0
 # Titles and questions read for the guard, kept per process.
 _KEPT = 4096
@@ -55,11 +66,20 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
+def _floor(passages: Sequence[Passage], top_k: int, score_threshold: float) -> float:
+    """The score a passage must reach to enter these top `top_k`: the last one's when the
+    search filled them, else the threshold. A little under it: scores are kept rounded."""
+    last = min((p.score for p in passages), default=score_threshold)
+    return (last if len(passages) >= top_k else score_threshold) - 1e-4
+
+
 @dataclass(frozen=True, slots=True)
 class SemanticHit:
     answer: Answer
     question: str  # the earlier question whose answer this is
     similarity: float
+    # Answered at an older corpus version, and the changes since shown not to touch it.
+    revalidated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +97,13 @@ class SemanticCache:
         redis: Redis,
         index: Callable[[], QuestionIndex],
         documents: DocumentRegistry,
+        store: Callable[[], VectorStore],
         settings: Settings,
     ) -> None:
         self._redis = redis
         self._index = index
         self._documents = documents
+        self._store = store
         self._settings = settings
         self.threshold = settings.semantic_cache_threshold
         self._ttl_s = settings.semantic_cache_ttl_s
@@ -136,9 +158,39 @@ class SemanticCache:
                 answer = Answer.from_json(json.loads(raw))
                 if answer.no_context or not answer.cacheable:
                     continue
-                hit = SemanticHit(answer, match.question, round(match.score, 4))
+                if match.corpus_version != corpus_version and not self._still_holds(
+                    tenant, match, corpus_version
+                ):
+                    continue
+                hit = SemanticHit(
+                    answer,
+                    match.question,
+                    round(match.score, 4),
+                    revalidated=match.corpus_version != corpus_version,
+                )
                 return SemanticLookup(hit, tuple(refused))
         return SemanticLookup(None, tuple(refused))
+
+    def _still_holds(self, tenant: str, match: QuestionMatch, corpus_version: int) -> bool:
+        """Whether the notes that changed since `match` was answered leave its answer as it
+        was: none of them is a document it was written from, and none now has a passage
+        that would have made its top passages (one above its floor, for its own vector)."""
+        changed = self._documents.changes_since(tenant, match.corpus_version, corpus_version)
+        if changed is None or changed & set(match.documents):
+            outcome = "stale"
+        elif not changed:
+            outcome = "kept"
+        else:
+            intruders = self._store().search(
+                tenant=tenant,
+                vector=list(match.vector),
+                limit=1,
+                score_threshold=match.floor,
+                document_ids=sorted(changed),
+            )
+            outcome = "stale" if intruders else "kept"
+        SEMANTIC_REVALIDATIONS.labels(outcome).inc()
+        return outcome == "kept"
 
     def remember(
         self,
@@ -149,9 +201,10 @@ class SemanticCache:
         top_k: int,
         corpus_version: int,
         answer_key: str,
+        passages: Sequence[Passage],
     ) -> None:
         """Add the question, whose answer will be kept under `answer_key` (its exact-cache
-        key at `corpus_version`)."""
+        key at `corpus_version`) and written from `passages`, the search's top `top_k`."""
         index = self._index()
         now = time.time()
         index.add(
@@ -165,6 +218,8 @@ class SemanticCache:
                     question=question,
                     answer_key=answer_key,
                     expires_at=now + self._ttl_s,
+                    documents=tuple(sorted({p.document_id for p in passages})),
+                    floor=_floor(passages, top_k, self._settings.score_threshold),
                 )
             ]
         )
@@ -173,7 +228,7 @@ class SemanticCache:
             if due:
                 self._purged[tenant] = now
         if due:
-            index.purge_stale(tenant=tenant, corpus_version=corpus_version, now=now)
+            index.purge_expired(tenant=tenant, now=now)
 
     def clear(self, tenant: str) -> None:
         self._index().clear(tenant=tenant)

@@ -17,6 +17,7 @@ from redis import Redis
 from redis.lock import Lock
 
 from rag.keys import (
+    corpus_changes_key,
     corpus_version_key,
     document_key,
     document_lock_key,
@@ -57,26 +58,45 @@ class DocumentText:
     metadata: dict[str, Any]
 
 
+# The most corpus changes a tenant's log keeps: an answer older than that is never revalidated.
+CHANGES_KEPT = 10_000
+
+# Each bump of the corpus version logs the document it changed, so that a cached answer can
+# later ask which documents changed since it was written (`changes_since`).
+_LOG_CHANGE = f"""
+local function log_change(version_key, changes_key, document_id)
+  local version = redis.call('INCR', version_key)
+  redis.call('ZADD', changes_key, version, version .. ':' .. document_id)
+  redis.call('ZREMRANGEBYRANK', changes_key, 0, -{CHANGES_KEPT + 1})
+end
+"""
+
 # Marks a revision indexed only while it is still the document's newest revision; a
 # newer submission or a delete wins. Bumps the corpus version, which every answer-cache
 # key carries, so no cached answer outlives the corpus it was computed from.
-_MARK_INDEXED = """
+_MARK_INDEXED = (
+    _LOG_CHANGE
+    + """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
 -- First, so that an error here (a corrupt counter) changes nothing: scripts do not roll back.
-redis.call('INCR', KEYS[2])
+log_change(KEYS[2], KEYS[3], ARGV[4])
 redis.call('HSET', KEYS[1], 'status', 'indexed', 'live_revision', ARGV[1],
            'chunks', ARGV[2], 'error', '', 'error_code', '', 'updated_at', ARGV[3])
 return 1
 """
+)
 
-_DELETE = """
+_DELETE = (
+    _LOG_CHANGE
+    + """
 local revision = redis.call('HGET', KEYS[1], 'revision')
 if not revision then return nil end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('INCR', KEYS[3])
+log_change(KEYS[3], KEYS[4], ARGV[1])
 return revision
 """
+)
 
 _MARK_FAILED = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
@@ -172,8 +192,12 @@ class DocumentRegistry:
     def mark_indexed(self, tenant: str, document_id: str, revision: int, *, chunks: int) -> bool:
         done = bool(
             self._mark_indexed(
-                keys=[document_key(tenant, document_id), corpus_version_key(tenant)],
-                args=[revision, chunks, time.time()],
+                keys=[
+                    document_key(tenant, document_id),
+                    corpus_version_key(tenant),
+                    corpus_changes_key(tenant),
+                ],
+                args=[revision, chunks, time.time(), document_id],
             )
         )
         if done:
@@ -234,6 +258,7 @@ class DocumentRegistry:
                 document_key(tenant, document_id),
                 documents_index_key(tenant),
                 corpus_version_key(tenant),
+                corpus_changes_key(tenant),
             ],
             args=[document_id],
         )
@@ -254,3 +279,15 @@ class DocumentRegistry:
     def corpus_version(self, tenant: str) -> int:
         value = self._redis.get(corpus_version_key(tenant))
         return int(value) if value else 0
+
+    def changes_since(self, tenant: str, version: int, current: int) -> frozenset[str] | None:
+        """The documents indexed, edited or deleted after `version` up to `current`; None
+        when the log does not reach back that far (every version must be accounted for)."""
+        if current <= version:
+            return frozenset()
+        logged: list[str] = self._redis.zrangebyscore(
+            corpus_changes_key(tenant), f"({version}", current
+        )  # type: ignore[assignment]
+        if len(logged) != current - version:
+            return None
+        return frozenset(entry.partition(":")[2] for entry in logged)

@@ -38,8 +38,10 @@ class VectorStore(Protocol):
         vector: Sequence[float],
         limit: int,
         score_threshold: float | None = None,
+        document_ids: Sequence[str] | None = None,
     ) -> list[ChunkHit]:
-        """The tenant's chunks nearest to `vector` by cosine similarity, best first."""
+        """The tenant's chunks nearest to `vector` by cosine similarity, best first; only
+        those of `document_ids` when given."""
         ...
 
     def delete_revisions(self, *, tenant: str, document_id: str, up_to_revision: int) -> None:
@@ -74,13 +76,13 @@ class QuestionIndex(Protocol):
         limit: int,
         min_score: float,
     ) -> list[QuestionMatch]:
-        """The tenant's unexpired questions at exactly this corpus version and these answer
-        settings, at least `min_score` similar to `vector`, most similar first."""
+        """The tenant's unexpired questions at this corpus version or an older one, with these
+        answer settings, at least `min_score` similar to `vector`, most similar first, each
+        with its own vector."""
         ...
 
-    def purge_stale(self, *, tenant: str, corpus_version: int, now: float) -> None:
-        """Delete the tenant's entries that can no longer be found: expired, or of a corpus
-        version below `corpus_version`."""
+    def purge_expired(self, *, tenant: str, now: float) -> None:
+        """Delete the tenant's expired entries."""
         ...
 
     def clear(self, *, tenant: str) -> None:

@@ -44,6 +44,7 @@ from qdrant_edge import (
     FloatIndexParams,
     IntegerIndexParams,
     KeywordIndexParams,
+    MatchAny,
     MatchValue,
     Point,
     Query,
@@ -80,6 +81,13 @@ def _question_indexes() -> dict[str, PayloadSchemaParams]:
         "corpus_version": IntegerIndexParams(lookup=True, range=True),
         "expires_at": FloatIndexParams(),
     }
+
+
+def _plain_vector(vector: object) -> list[float] | None:
+    """The one unnamed dense vector of a point as the engine returns it."""
+    if isinstance(vector, dict):  # named vectors; ours is the unnamed one
+        vector = next(iter(vector.values()), None)
+    return [float(x) for x in vector] if isinstance(vector, list) else None
 
 
 def _match(key: str, value: str) -> FieldCondition:
@@ -161,13 +169,17 @@ class EdgeVectorStore:
         vector: Sequence[float],
         limit: int,
         score_threshold: float | None = None,
+        document_ids: Sequence[str] | None = None,
     ) -> list[ChunkHit]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
+        conditions: list[ConditionType] = [_match("tenant", tenant)]
+        if document_ids is not None:
+            conditions.append(FieldCondition("document_id", match=MatchAny(list(document_ids))))
         request = QueryRequest(
             limit=limit,
             query=Query.Nearest(vector_as_floats(vector, self._dimension)),
-            filter=Filter(must=[_match("tenant", tenant)]),
+            filter=Filter(must=conditions),
             score_threshold=score_threshold,
             with_payload=True,
             with_vector=False,
@@ -277,26 +289,28 @@ class EdgeQuestionIndex:
                 must=[
                     _match("tenant", tenant),
                     _match("fingerprint", fingerprint),
-                    FieldCondition("corpus_version", match=MatchValue(corpus_version)),
+                    FieldCondition("corpus_version", range=RangeFloat(lte=float(corpus_version))),
                     FieldCondition("expires_at", range=RangeFloat(gt=now)),
                 ]
             ),
             score_threshold=min_score,
             with_payload=True,
-            with_vector=False,
+            with_vector=True,
         )
         with self._lock:
             found = self._live().query(request)
-        return [QuestionMatch.of_payload(hit.score, hit.payload) for hit in found]
+        return [
+            QuestionMatch.of_point(hit.score, hit.payload, _plain_vector(hit.vector))
+            for hit in found
+        ]
 
-    def purge_stale(self, *, tenant: str, corpus_version: int, now: float) -> None:
+    def purge_expired(self, *, tenant: str, now: float) -> None:
         self._delete(
             Filter(
-                must=[_match("tenant", tenant)],
-                should=[
-                    FieldCondition("corpus_version", range=RangeFloat(lt=float(corpus_version))),
+                must=[
+                    _match("tenant", tenant),
                     FieldCondition("expires_at", range=RangeFloat(lte=now)),
-                ],
+                ]
             )
         )
 

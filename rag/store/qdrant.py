@@ -51,6 +51,13 @@ def _question_indexes() -> _PayloadIndexes:
     }
 
 
+def _plain_vector(vector: object) -> list[float] | None:
+    """The one unnamed dense vector of a point as qdrant-client returns it."""
+    if isinstance(vector, dict):
+        vector = next(iter(vector.values()), None)
+    return [float(x) for x in vector] if isinstance(vector, list) else None
+
+
 def _match(key: str, value: str) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
@@ -170,10 +177,18 @@ class QdrantVectorStore:
         vector: Sequence[float],
         limit: int,
         score_threshold: float | None = None,
+        document_ids: Sequence[str] | None = None,
     ) -> list[ChunkHit]:
+        conditions: list[models.Condition] = [_match("tenant", tenant)]
+        if document_ids is not None:
+            conditions.append(
+                models.FieldCondition(
+                    key="document_id", match=models.MatchAny(any=list(document_ids))
+                )
+            )
         found = self.query(
             vector,
-            models.Filter(must=[_match("tenant", tenant)]),
+            models.Filter(must=conditions),
             limit=limit,
             score_threshold=score_threshold,
         )
@@ -186,6 +201,7 @@ class QdrantVectorStore:
         *,
         limit: int,
         score_threshold: float | None,
+        with_vectors: bool = False,
     ) -> list[models.ScoredPoint]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
@@ -199,7 +215,7 @@ class QdrantVectorStore:
                 limit=limit,
                 score_threshold=score_threshold,
                 with_payload=True,
-                with_vectors=False,
+                with_vectors=with_vectors,
             ).points
 
     def delete_revisions(self, *, tenant: str, document_id: str, up_to_revision: int) -> None:
@@ -286,26 +302,27 @@ class QdrantQuestionIndex:
                     _match("tenant", tenant),
                     _match("fingerprint", fingerprint),
                     models.FieldCondition(
-                        key="corpus_version", match=models.MatchValue(value=corpus_version)
+                        key="corpus_version", range=models.Range(lte=corpus_version)
                     ),
                     models.FieldCondition(key="expires_at", range=models.Range(gt=now)),
                 ]
             ),
             limit=limit,
             score_threshold=min_score,
+            with_vectors=True,
         )
-        return [QuestionMatch.of_payload(hit.score, hit.payload) for hit in found]
+        return [
+            QuestionMatch.of_point(hit.score, hit.payload, _plain_vector(hit.vector))
+            for hit in found
+        ]
 
-    def purge_stale(self, *, tenant: str, corpus_version: int, now: float) -> None:
+    def purge_expired(self, *, tenant: str, now: float) -> None:
         self._store.delete_where(
             models.Filter(
-                must=[_match("tenant", tenant)],
-                should=[
-                    models.FieldCondition(
-                        key="corpus_version", range=models.Range(lt=corpus_version)
-                    ),
+                must=[
+                    _match("tenant", tenant),
                     models.FieldCondition(key="expires_at", range=models.Range(lte=now)),
-                ],
+                ]
             )
         )
 

@@ -38,6 +38,7 @@ __all__ = [
     "QUESTION_DURATION",
     "RETRIEVAL_TOP_SCORE",
     "SEMANTIC_NEAR_MISSES",
+    "SEMANTIC_REVALIDATIONS",
     "SEMANTIC_SIMILARITY",
     "TASKS",
     "TASK_DURATION",
@@ -154,6 +155,12 @@ SEMANTIC_SIMILARITY = Histogram(
     "served (hit), or refused by the near-miss guard (near_miss, the most similar refused).",
     ["outcome"],
     buckets=(0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
+)
+SEMANTIC_REVALIDATIONS = Counter(
+    "scribes_cache_semantic_revalidations",
+    "Earlier answers of an older corpus version checked against the notes changed since: "
+    "kept (no change touches them) or stale.",
+    ["outcome"],
 )
 SEMANTIC_NEAR_MISSES = Counter(
     "scribes_cache_semantic_near_misses",

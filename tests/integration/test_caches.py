@@ -24,6 +24,11 @@ from tests.integration.conftest import ALICE_KEY, BOB_KEY
 from tests.integration.test_question_path import MUSTARD, ask, ingest, unique, wait_job
 from tests.metrics_scrape import Scrape, eventually, scrape
 
+# A note on something else: -0.02 alike to the mustard-seed questions below.
+PARKING = (
+    "The north parking lot is repaved during the first two weeks of August. Please park on "
+    "Elm Street and use the side door; the ramp stays open."
+)
 GRAPES = (
     "Deacon Ruth Okafor told of the vineyard in Isaiah 5. Her grandmother grew 14 rows of "
     "Concord grapes behind the chapel and pruned them hard every March, so that the vines "
@@ -145,7 +150,7 @@ def _expect(cluster: Cluster, before: Scrape, **wanted: float) -> None:
 
 
 def test_a_question_asked_again_after_the_notes_changed_skips_the_model(
-    cluster: Cluster, notes: Callable[[str, str, str], None]
+    cluster: Cluster, fake_llm: FakeAnthropic, notes: Callable[[str, str, str], None]
 ) -> None:
     tag = unique("seeds")
     question = f"How many mustard seeds were in the jar, asked by {tag}?"
@@ -156,14 +161,26 @@ def test_a_question_asked_again_after_the_notes_changed_skips_the_model(
         assert status == 202 and first["status"] == "succeeded"
         _expect(cluster, before, exact_miss=1, embedding_miss=1, embedding_hit=0, context_miss=1)
 
-        # Another note bumps alice's corpus version: the exact cache and the context cache
-        # miss, but the question's vector (same words, other case) is reused.
-        notes("grapes", "The vineyard", GRAPES)
+        # A note on something else bumps alice's corpus version: the exact cache misses,
+        # the question's vector (same words, other case) is reused, and the semantic cache
+        # finds that nothing the answer came from changed, so neither search nor model runs.
+        notes("parking", "Parking", PARKING)
         before = _counts(cluster)
+        calls = len(fake_llm.calls)
         status, again = ask(alice, question.upper().rstrip("?"))
         assert status == 202 and again["status"] == "succeeded"
-        _expect(cluster, before, exact_miss=1, embedding_hit=1, embedding_miss=0, context_miss=1)
-        assert again["sources"][0]["document_id"] == first["sources"][0]["document_id"]
+        _expect(
+            cluster,
+            before,
+            exact_miss=1,
+            embedding_hit=1,
+            embedding_miss=0,
+            semantic_hit=1,
+            context_miss=0,
+            context_hit=0,
+        )
+        assert again["cached"] == "semantic" and len(fake_llm.calls) == calls
+        assert again["sources"] == first["sources"]
 
     # The same words from another tenant share nothing with alice's.
     with cluster.client(BOB_KEY) as bob:

@@ -47,6 +47,8 @@ def entry(
         question=question,
         answer_key=f"answer:{key}",
         expires_at=time.time() + ttl_s,
+        documents=("doc-a", "doc-b"),
+        floor=0.42,
     )
 
 
@@ -86,36 +88,43 @@ def test_the_most_similar_question_comes_first_with_its_answer_key(index: Questi
     )
     assert [m.question for m in found] == ["near", "farther"]
     assert found[0].score > found[1].score >= 0.5
-    assert found[0].answer_key == "answer:acme/3/fp/near"
+    best = found[0]
+    assert best.answer_key == "answer:acme/3/fp/near" and best.corpus_version == 3
+    assert best.documents == ("doc-a", "doc-b") and best.floor == 0.42
+    # Its own vector comes back, for checking what changed since against it.
+    assert len(best.vector) == DIMENSION and best.vector[:2] == pytest.approx(
+        (0.98, 0.196), abs=1e-3
+    )
 
 
-def test_only_the_same_tenant_version_and_settings_are_found(index: QuestionIndex) -> None:
+def test_only_the_same_tenant_settings_and_no_newer_version_are_found(
+    index: QuestionIndex,
+) -> None:
     index.add(
         [
             entry(axis(1), "bob's", tenant="bob"),
-            entry(axis(1), "older corpus", version=2),
+            entry(axis(1), "newer corpus", version=4),
             entry(axis(1), "other settings", fingerprint="other"),
             entry(axis(1), "expired", ttl_s=-1),
         ]
     )
     assert nearest(index, axis(1)) == []
     assert nearest(index, axis(1), tenant="bob") == ["bob's"]
-    assert nearest(index, axis(1), version=2) == ["older corpus"]
+    # An older version's entry is a candidate; the cache checks what changed since.
+    assert nearest(index, axis(1), version=5) == ["newer corpus"]
 
 
-def test_purge_stale_drops_old_versions_and_expired_entries_of_that_tenant(
-    index: QuestionIndex,
-) -> None:
+def test_purge_expired_drops_that_tenants_expired_entries(index: QuestionIndex) -> None:
     index.add(
         [
             entry(axis(1), "current"),
             entry(axis(1), "old", version=2),
             entry(axis(1), "expired", ttl_s=-1),
-            entry(axis(1), "bob's old", tenant="bob", version=1),
+            entry(axis(1), "bob's expired", tenant="bob", ttl_s=-1),
         ]
     )
-    index.purge_stale(tenant="acme", corpus_version=3, now=time.time())
-    assert index.count(tenant="acme") == 1
+    index.purge_expired(tenant="acme", now=time.time())
+    assert index.count(tenant="acme") == 2
     assert index.count(tenant="bob") == 1
 
 

@@ -18,7 +18,7 @@ import pytest
 from tests.cluster import Cluster
 from tests.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import ALICE_KEY, BOB_KEY
-from tests.integration.test_caches import _counts, _expect
+from tests.integration.test_caches import PARKING, _counts, _expect
 from tests.integration.test_question_path import MUSTARD, ask, ingest, unique
 from tests.metrics_scrape import eventually
 
@@ -175,3 +175,32 @@ def test_delete_cache_empties_the_semantic_cache_of_the_caller_only(
 
         assert ask(alice, REWORDED)[1]["cached"] is None
         assert ask(bob, REWORDED)[1]["cached"] == "semantic"
+
+
+def test_a_note_that_changes_nothing_for_the_answer_keeps_it_and_one_that_does_not_ends_it(
+    cluster: Cluster, fake_llm: FakeAnthropic, mustard: str
+) -> None:
+    parking, jar = unique("parking"), unique("jar")
+    with cluster.client(ALICE_KEY) as alice:
+        assert ask(alice, ASKED)[1]["cached"] is None
+        try:
+            # A note on something else: the corpus version moves (the exact cache misses),
+            # but nothing the answer was written from changed, and nothing new outranks it.
+            ingest(alice, parking, "Parking", PARKING)
+            before = _counts(cluster)
+            (status, kept), calls = _model_calls(fake_llm, partial(ask, alice, ASKED))
+            assert status == 202 and calls == 0 and kept["cached"] == "semantic", kept
+            assert kept["semantic"]["similarity"] >= 0.999
+            _expect(cluster, before, exact_miss=1, semantic_hit=1)
+            # … and the very words are now in the exact cache of this version.
+            assert ask(alice, ASKED)[0] == 200
+
+            # A new note about the same jar would now be among the passages: the old
+            # answer does not hold, for these words or reworded ones.
+            ingest(alice, jar, "The jar, again", MUSTARD.replace("37", "52"))
+            (_, fresh), calls = _model_calls(fake_llm, partial(ask, alice, REWORDED))
+            assert fresh["cached"] is None and calls == 1, fresh
+            assert jar in {source["document_id"] for source in fresh["sources"]}
+        finally:
+            for document_id in (parking, jar):
+                alice.delete(f"/v1/documents/{document_id}")

@@ -260,6 +260,7 @@ def test_a_question_is_one_trace_from_the_api_to_the_model_call(
             job_id,
             API_SPAN,
             *(f"{kind}/{task}" for kind in ("apply_async", "run") for task in (EMBED, RETRIEVE)),
+            "semantic cache lookup",
             "vector search",
             f"apply_async/{GENERATE}",
             f"run/{GENERATE}",
@@ -282,12 +283,13 @@ def test_a_question_is_one_trace_from_the_api_to_the_model_call(
         (f"run/{EMBED}", f"apply_async/{EMBED}"),
         (f"apply_async/{RETRIEVE}", f"run/{EMBED}"),
         (f"run/{RETRIEVE}", f"apply_async/{RETRIEVE}"),
+        ("semantic cache lookup", f"run/{RETRIEVE}"),
         ("vector search", f"run/{RETRIEVE}"),
         (f"apply_async/{GENERATE}", f"run/{RETRIEVE}"),
         (f"run/{GENERATE}", f"apply_async/{GENERATE}"),
         (f"chat {MODEL}", f"run/{GENERATE}"),
     }
-    assert len(spans) == 9
+    assert len(spans) == 10
     by_name = {s.name: s for s in spans}
     assert by_name[API_SPAN].parent_id == incoming_span
     # Each span comes from the process that did the work.
@@ -297,6 +299,7 @@ def test_a_question_is_one_trace_from_the_api_to_the_model_call(
         f"run/{EMBED}": "embed",
         f"apply_async/{RETRIEVE}": "embed",
         f"run/{RETRIEVE}": "retrieve",
+        "semantic cache lookup": "retrieve",
         "vector search": "retrieve",
         f"apply_async/{GENERATE}": "retrieve",
         f"run/{GENERATE}": "generate",

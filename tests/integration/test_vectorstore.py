@@ -156,6 +156,19 @@ def test_delete_revisions_removes_only_that_documents_old_revisions(store: Vecto
     assert {h.payload.revision for h in left if h.payload.document_id == "doc-1"} == {3}
 
 
+def test_a_search_can_be_kept_to_some_documents(store: VectorStore) -> None:
+    store.upsert(
+        [
+            chunk(axis(1), document_id="near"),
+            chunk(axis(1, 0.5), document_id="farther"),
+            chunk(axis(1, 0.2), document_id="near-too", tenant="other"),
+        ]
+    )
+    found = store.search(tenant="acme", vector=axis(1), limit=5, document_ids=["farther", "x"])
+    assert [hit.payload.document_id for hit in found] == ["farther"]
+    assert store.search(tenant="acme", vector=axis(1), limit=5, document_ids=[]) == []
+
+
 def test_score_threshold_drops_weaker_hits(store: VectorStore) -> None:
     same, diagonal, orthogonal = axis(1.0), axis(1.0, 1.0), axis(0.0, 1.0)
     store.upsert([chunk(v, chunk_index=i) for i, v in enumerate((same, diagonal, orthogonal))])
