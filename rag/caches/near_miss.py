@@ -72,7 +72,27 @@ _STOPWORDS = frozenset(
         he him his she her it its they them their this that these those there here what
         which who whom whose when where why how can could would should shall will may might
         must about according say said says tell told talk talked ask asked mean means meant
-        really just also ever even"""
+        really just also ever even than"""
+    )
+)
+# Words of opposite sense: a question with one side of a pair is not answered by one with
+# the other ("into Jerusalem" against "out of Jerusalem", "came early" against "came late").
+_OPPOSITES = tuple(
+    (frozenset(_words(one)), frozenset(_words(other)))
+    for one, other in (
+        ("into enter entered entering", "out leave left leaving exit"),
+        ("up", "down"),
+        ("before", "after"),
+        ("early earlier", "late later"),
+        ("first", "last"),
+        ("start started begin beginning began", "end ended finish finished"),
+        ("young younger youngest", "old older oldest"),
+        ("hot", "cold"),
+        ("more most", "less least fewer fewest"),
+        ("full", "empty"),
+        ("win won", "lose lost"),
+        ("open opened", "closed shut"),
+        ("above", "below"),
     )
 )
 # Capitalised words that are not names: "I", and the titles before a name ("Pastor Ruth"
@@ -86,12 +106,11 @@ class QuestionWords:
     """What the guard compares of one question, read once."""
 
     tokens: tuple[str, ...]
-    stems: frozenset[str]  # the tokens without plural or possessive endings
+    stems_in_order: tuple[str, ...]  # the tokens without plural or possessive endings
     negations: frozenset[str]
     numbers: frozenset[str]
     names: tuple[str, ...]  # in the order they appear
     titles: frozenset[str]
-    skeleton: tuple[str, ...]  # the tokens with each run of names as one "_"
     question_word: str
     content: frozenset[str]
 
@@ -99,6 +118,8 @@ class QuestionWords:
     def of(cls, question: str, *, titles: Collection[str] = ()) -> QuestionWords:
         text = unicodedata.normalize("NFKC", question).replace("’", "'")
         raw = _TOKEN.findall(text)
+        # A question in capitals (or none) says nothing of names by its case.
+        cased = text != text.upper() and text != text.lower()
         tokens = tuple(token.casefold() for token in raw)
         negations = {
             t
@@ -111,7 +132,7 @@ class QuestionWords:
         names = tuple(
             _stem(token)
             for index, (token, original) in enumerate(zip(tokens, raw, strict=True))
-            if index > 0 and original[:1].isupper() and token not in _NOT_NAMES
+            if cased and index > 0 and original[:1].isupper() and token not in _NOT_NAMES
         )
         folded = " ".join(tokens)
         mentioned = {
@@ -121,21 +142,23 @@ class QuestionWords:
         }
         content = {
             stem
-            for stem in (_stem(t) for t in tokens if t not in negations and not _is_number(t))
+            for stem in (
+                _stem(t)
+                for t in tokens
+                if t not in _NEGATIONS and not t.endswith("n't") and not _is_number(t)
+            )
             if stem not in _STOPWORDS
             and stem not in _NOT_NAMES
             and len(stem) > 1
             and stem not in names
         }
-        skeleton = _skeleton(tuple(_stem(t) for t in tokens), set(names))
         return cls(
             tokens=tokens,
-            stems=frozenset(_stem(t) for t in tokens),
+            stems_in_order=tuple(_stem(t) for t in tokens),
             negations=frozenset(negations),
             numbers=frozenset(numbers),
             names=names,
             titles=frozenset(mentioned),
-            skeleton=skeleton,
             question_word=_question_word(tokens),
             content=frozenset(content),
         )
@@ -144,42 +167,56 @@ class QuestionWords:
 def near_miss(asked: QuestionWords, cached: QuestionWords) -> str | None:
     """Why `cached`'s answer must not answer `asked`, or None when nothing tells them apart.
 
-    Negations and numbers must match both ways. A name in `asked` must be in `cached` (a
-    question about someone in particular is not answered by one about anyone); a name only
-    `cached` has (a shorter rewording) counts as a changed content word below.
+    Negations and numbers must match both ways. A name is a capitalised word of either
+    question, so "margaret" in a lower-case question is the name "Margaret" of the other.
+    A name in `asked` must be in `cached` (a question about someone in particular is not
+    answered by one about anyone); a name only `cached` has counts as a content word.
     """
     if asked.negations != cached.negations:
         return "negation"
     if asked.titles != cached.titles:
         return "title"
-    names_asked = {n for n in asked.names if n not in cached.stems}
-    names_cached = {n for n in cached.names if n not in asked.stems}
-    if names_asked:
-        return "name"
     if asked.numbers != cached.numbers:
         return "number"
-    if asked.names != cached.names and asked.skeleton == cached.skeleton:
-        return "name order"  # "Jonathan gave to David" against "David gave to Jonathan"
+    if _opposed(asked.stems_in_order, cached.stems_in_order):
+        return "opposite"
+    names = set(asked.names) | set(cached.names)
+    in_asked = _ordered(asked.stems_in_order, names)
+    in_cached = _ordered(cached.stems_in_order, names)
+    if set(in_asked) - set(in_cached):
+        return "name"
+    common = [n for n in in_asked if n in in_cached]
+    if len(common) == 2 and common != [n for n in in_cached if n in in_asked]:
+        # Two people trading places: "Jonathan gave to David", "David gave to Jonathan".
+        return "name order"
     if _other_question(asked.question_word, cached.question_word):
         return "question word"
-    only_asked = _unmatched(asked.content, cached.content)
-    only_cached = _unmatched(cached.content, asked.content) | names_cached
+    only_asked = _unmatched(asked.content - names, cached.content - names)
+    only_cached = _unmatched(cached.content - names, asked.content - names)
+    only_cached |= set(in_cached) - set(in_asked)
     # A swap: each side has a word or two the other lacks, and they share the rest.
     if only_asked and only_cached and max(len(only_asked), len(only_cached)) <= 2:
         return "swapped words"
+    # One asks (nearly) all the other does and more: a narrower question ("... talking like
+    # an employee"), or a broader one, whose answer the narrower one's may not cover.
+    if min(len(only_asked), len(only_cached)) <= 1 and (only_asked or only_cached):
+        return "added words" if len(only_asked) > len(only_cached) else "dropped words"
     return None
 
 
-def _skeleton(tokens: tuple[str, ...], names: set[str]) -> tuple[str, ...]:
-    """The tokens with each run of names as one "_": "Miss Halvorsen" is one name."""
-    out: list[str] = []
-    for token in tokens:
-        if token in names or token in _HONORIFICS:
-            if not out or out[-1] != "_":
-                out.append("_")
-        else:
-            out.append(token)
-    return tuple(out)
+def _opposed(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether one question has a word of a pair of opposites and the other the other."""
+    words_a, words_b = set(a), set(b)
+    return any(
+        (words_a & one and words_b & other and not words_a & other)
+        or (words_a & other and words_b & one and not words_b & other)
+        for one, other in _OPPOSITES
+    )
+
+
+def _ordered(stems: tuple[str, ...], names: set[str]) -> list[str]:
+    """The distinct names among `stems`, in the order they come."""
+    return list(dict.fromkeys(stem for stem in stems if stem in names))
 
 
 def _other_question(a: str, b: str) -> bool:
@@ -231,7 +268,8 @@ def _stem(word: str) -> str:
 
 
 def _is_number(token: str) -> bool:
-    return token[:1].isdigit() or token in _NUMBER_WORDS or _ORDINAL.fullmatch(token) is not None
+    """Digits anywhere ("4:6", "3,000", "25th", gate "c4"), or a number word."""
+    return any(c.isdigit() for c in token) or token in _NUMBER_WORDS
 
 
 _ORDINAL = re.compile(r"[0-9]+(st|nd|rd|th)")

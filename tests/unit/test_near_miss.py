@@ -31,7 +31,7 @@ def test_every_labelled_near_miss_is_refused_both_ways() -> None:
 
 
 def test_most_true_rewordings_get_through() -> None:
-    # Measured: 236 of the 504 orderings of the 252 pairs. The rest cost a model call each,
+    # Measured: 123 of the 504 orderings of the 252 pairs. The rest cost a model call each,
     # never a wrong answer; this guards against a rule that starts refusing everything.
     same = [row for row in _load() if row["same"]]
     through = sum(
@@ -39,7 +39,7 @@ def test_most_true_rewordings_get_through() -> None:
         for row in same
         for asked, cached in ((row["a"], row["b"]), (row["b"], row["a"]))
     )
-    assert through >= 0.4 * 2 * len(same)
+    assert through >= 0.2 * 2 * len(same)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,29 @@ def test_most_true_rewordings_get_through() -> None:
         ("What did Mary treasure?", "What did Martha treasure?", "name"),
         ("What did Jonathan give to David?", "What did David give to Jonathan?", "name order"),
         ("Where is the clinic?", "When is the clinic?", "question word"),
-        ("What does hot water stand for?", "What does cold water stand for?", "swapped words"),
+        ("What does hot water stand for?", "What does cold water stand for?", "opposite"),
+        ("Why ride into the city?", "Why ride out of the city?", "opposite"),
+        (
+            "What happened to the seed on the path?",
+            "What happened to the seed on the rocks?",
+            "swapped words",
+        ),
+        (
+            "What did Ruth say about the brother talking like an employee?",
+            "What did Ruth say about the brother?",
+            "added words",
+        ),
+        (
+            "What did Ruth say about the brother?",
+            "What did Ruth say about the brother talking like an employee?",
+            "dropped words",
+        ),
+        (
+            "what did miss halvorsen write about margaret?",
+            "What did Margaret write about Miss Halvorsen?",
+            "name order",
+        ),
+        ("What happened at the airport?", "What happened at gate C4 at the airport?", "number"),
         ("what does the prodigal son teach", "what does hesed teach", "title"),
     ],
 )
@@ -85,8 +107,10 @@ def test_rewordings_that_change_nothing_get_through(asked: str, cached: str) -> 
     assert why(asked, cached) is None
 
 
-def test_a_name_only_the_new_question_has_is_refused() -> None:
-    # Asked about someone in particular, answered about anyone: refused. The other way
-    # round (a shorter rewording) is not.
+def test_a_name_either_question_lacks_is_refused() -> None:
+    # Asked about someone in particular, answered about anyone, or the other way round.
     assert why("What did Ruth say about grace?", "What was said about grace?") == "name"
-    assert why("What was said about grace?", "What did Ruth say about grace?") is None
+    assert why("What was said about grace?", "What did Ruth say about grace?") == "dropped words"
+    # A name is a name in either question, whatever its case in the other.
+    shouted = "WHAT DID MARGARET WRITE ABOUT MISS HALVORSEN?"
+    assert why(shouted, "What did Miss Halvorsen write about Margaret?") == "name order"
