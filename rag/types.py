@@ -97,10 +97,11 @@ class QuestionEntry:
     question: str
     answer_key: str
     expires_at: float
-    # What its answer was written from: the documents of every passage retrieved, and the
-    # score a passage had to beat to be among them. A later change to other documents
-    # leaves the answer as it was unless one of them now has a passage above `floor`.
-    documents: tuple[str, ...] = ()
+    # What its answer was written from: (document, chunk id) of every passage retrieved,
+    # and the score a passage had to beat to be among them. Chunk ids come from the chunk's
+    # words, so a later search that finds these same chunks and none other above `floor`
+    # finds exactly these passages.
+    passages: tuple[tuple[str, str], ...] = ()
     floor: float = 0.0
 
     def payload(self) -> dict[str, Any]:
@@ -111,7 +112,7 @@ class QuestionEntry:
             "question": self.question,
             "answer_key": self.answer_key,
             "expires_at": self.expires_at,
-            "documents": list(self.documents),
+            "passages": [list(passage) for passage in self.passages],
             "floor": self.floor,
         }
 
@@ -124,7 +125,7 @@ class QuestionMatch:
     question: str
     answer_key: str
     corpus_version: int
-    documents: tuple[str, ...]
+    passages: tuple[tuple[str, str], ...]  # (document, chunk id)
     floor: float
     vector: tuple[float, ...]  # the earlier question's own
 
@@ -138,7 +139,7 @@ class QuestionMatch:
             question=str(payload.get("question", "")),
             answer_key=str(payload.get("answer_key", "")),
             corpus_version=int(payload.get("corpus_version", 0)),
-            documents=tuple(str(d) for d in payload.get("documents", ())),
+            passages=tuple((str(d), str(c)) for d, c in payload.get("passages", ())),
             floor=float(payload.get("floor", 0.0)),
             vector=tuple(float(x) for x in vector or ()),
         )

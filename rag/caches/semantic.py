@@ -10,15 +10,15 @@ never served from here either.
 
 A hit needs all of:
 - the same tenant and the same answer settings (`pipeline_fingerprint`);
-- the tenant's corpus version as it is now, or an older one whose answer the notes changed
-  since leave as it was: none of them is a document the answer was written from (any of
-  its retrieved passages), and none now holds a passage that would have made the earlier
-  question's top passages (one above their floor, for the earlier question's own vector).
-  Then the search would find the same passages, so the answer is the one it would write;
-  an edited or deleted source, or a new note that outranks them, ends the entry. The
-  document registry logs which document each corpus version changed
-  (`DocumentRegistry.changes_since`); where the log does not reach back, no older entry
-  is served;
+- the tenant's corpus version as it is now, or an older one whose search the notes
+  changed since leave as it was: for the earlier question's own vector, the changed notes'
+  live chunks above the floor of its passages (the last one's score) are exactly the
+  passages it had from them. Chunk ids come from the chunks' words, so the search would
+  find the same passages and the writer would get the same context; an edited passage, a
+  deleted source, or a new passage that outranks them ends the entry, while an edit
+  elsewhere in a source, or any change to another note, does not. The document registry
+  logs which document each corpus version changed (`DocumentRegistry.changes_since`);
+  where the log does not reach back, no older entry is served;
 - cosine similarity of at least `SCRIBES_SEMANTIC_CACHE_THRESHOLD` (0.85, tuned on
   `samples/eval/paraphrases.jsonl`; the README says how);
 - the near-miss guard's consent (`rag.caches.near_miss`);
@@ -172,23 +172,30 @@ class SemanticCache:
         return SemanticLookup(None, tuple(refused))
 
     def _still_holds(self, tenant: str, match: QuestionMatch, corpus_version: int) -> bool:
-        """Whether the notes that changed since `match` was answered leave its answer as it
-        was: none of them is a document it was written from, and none now has a passage
-        that would have made its top passages (one above its floor, for its own vector)."""
+        """Whether the notes changed since `match` was answered leave its search as it was:
+        for the earlier question's own vector, the changed notes' live chunks above the
+        floor of its passages are exactly the passages it had from them (a chunk's id comes
+        from its words, so an edit elsewhere in a note keeps them), so the search would
+        find the same passages and the writer would be given the same context."""
         changed = self._documents.changes_since(tenant, match.corpus_version, corpus_version)
-        if changed is None or changed & set(match.documents):
-            outcome = "stale"
+        if changed is None:
+            outcome = "stale"  # the log does not reach back that far
         elif not changed:
             outcome = "kept"
         else:
-            intruders = self._store().search(
+            had = {chunk for document, chunk in match.passages if document in changed}
+            hits = self._store().search(
                 tenant=tenant,
                 vector=list(match.vector),
-                limit=1,
+                limit=len(had) + 8,
                 score_threshold=match.floor,
                 document_ids=sorted(changed),
             )
-            outcome = "stale" if intruders else "kept"
+            live = self._documents.live_revisions(tenant, sorted(changed))
+            found = {
+                hit.id for hit in hits if live.get(hit.payload.document_id) == hit.payload.revision
+            }
+            outcome = "kept" if found == had else "stale"
         SEMANTIC_REVALIDATIONS.labels(outcome).inc()
         return outcome == "kept"
 
@@ -218,7 +225,7 @@ class SemanticCache:
                     question=question,
                     answer_key=answer_key,
                     expires_at=now + self._ttl_s,
-                    documents=tuple(sorted({p.document_id for p in passages})),
+                    passages=tuple((p.document_id, p.chunk_id) for p in passages),
                     floor=_floor(passages, top_k, self._settings.score_threshold),
                 )
             ]

@@ -47,7 +47,7 @@ def entry(
         question=question,
         answer_key=f"answer:{key}",
         expires_at=time.time() + ttl_s,
-        documents=("doc-a", "doc-b"),
+        passages=(("doc-a", "c1"), ("doc-b", "c2")),
         floor=0.42,
     )
 
@@ -90,7 +90,7 @@ def test_the_most_similar_question_comes_first_with_its_answer_key(index: Questi
     assert found[0].score > found[1].score >= 0.5
     best = found[0]
     assert best.answer_key == "answer:acme/3/fp/near" and best.corpus_version == 3
-    assert best.documents == ("doc-a", "doc-b") and best.floor == 0.42
+    assert best.passages == (("doc-a", "c1"), ("doc-b", "c2")) and best.floor == 0.42
     # Its own vector comes back, for checking what changed since against it.
     assert len(best.vector) == DIMENSION and best.vector[:2] == pytest.approx(
         (0.98, 0.196), abs=1e-3
