@@ -7,8 +7,9 @@ model (the bundled all-MiniLM-L6-v2 by default) and, for each threshold, counts 
 orderings (a asked after b, and b after a) that the semantic cache would serve: similarity
 at or above the threshold, and, in the guarded columns, the near-miss guard's consent
 (`rag.caches.near_miss`, with the sample notes' titles as the known titles). A served
-near miss is a wrong answer; a served rewording is a model call saved. Prints a table;
-takes about ten seconds.
+near miss is a wrong answer; a served rewording is a model call saved. Then the same over
+every ordered pair of the workload benchmark's questions (`bench.workload`), counting
+those served across meaning labels (`--show` lists them). Takes about half a minute.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.caches.near_miss import QuestionWords, near_miss
-from rag.embedding import load_embedder
+from rag.embedding import Embedder, load_embedder
 from rag.settings import Settings
 
 __all__ = ["main"]
@@ -33,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=Path, default=ROOT / "samples/eval/paraphrases.jsonl")
     parser.add_argument("--notes", type=Path, default=ROOT / "samples")
+    parser.add_argument(
+        "--show", action="store_true", help="list the pairs labelled different served at 0.85"
+    )
     args = parser.parse_args()
 
     rows = [json.loads(line) for line in args.pairs.read_text().splitlines() if line.strip()]
@@ -80,6 +84,34 @@ def main() -> None:
             f"{_part(plain_wrong, near_misses):>18}  {_part(kept_same, rewordings):>26}  "
             f"{_part(kept_wrong, near_misses):>11}  {share:>10.1%}"
         )
+    _workload_check(titles, model, args.show)
+
+
+def _workload_check(titles: list[str], model: Embedder, show: bool) -> None:
+    """Every ordered pair of the workload benchmark's questions the cache would serve, and
+    those whose meaning labels differ."""
+    from bench.workload import build_workload  # the labels of every question it asks
+
+    workload = build_workload(seed=0)
+    texts = sorted({question.text for question in workload.questions})
+    vectors = model.embed(texts)
+    similarity = vectors @ vectors.T
+    words = [QuestionWords.of(text, titles=titles) for text in texts]
+    groups = [workload.group_of(text) for text in texts]
+    print()
+    print(f"the workload benchmark's {len(texts)} distinct questions, every ordered pair:")
+    print(f"{'threshold':>9}  {'served':>6}  {'labelled different':>18}")
+    for threshold in THRESHOLDS:
+        served = [
+            (i, j)
+            for i, j in zip(*np.nonzero(similarity >= threshold), strict=True)
+            if i != j and near_miss(words[i], words[j]) is None
+        ]
+        different = [(i, j) for i, j in served if groups[i] != groups[j]]
+        print(f"{threshold:>9.2f}  {len(served):>6}  {len(different):>18}")
+        if show and threshold == 0.85:
+            for i, j in different:
+                print(f"             {texts[i]!r} <- {texts[j]!r} ({similarity[i, j]:.3f})")
 
 
 def _part(count: int, whole: int) -> str:
