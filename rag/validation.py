@@ -26,6 +26,8 @@ class InvalidInput(ValueError):
 
 
 def _has_control_characters(text: str) -> bool:
+    if text.isprintable():  # the usual case, checked in C: no control, format or unassigned
+        return False
     return any(
         unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn")
         and char not in _ALLOWED_CONTROL
