@@ -236,3 +236,29 @@ def test_an_edit_far_from_the_passages_keeps_the_answer(
             assert kept["cached"] == "semantic" and calls == 0, kept
         finally:
             alice.delete(f"/v1/documents/{document_id}")
+
+
+def test_the_same_note_and_question_under_two_tenants_share_no_entry_of_any_cache(
+    cluster: Cluster, fake_llm: FakeAnthropic, mustard: str, bobs_mustard: str
+) -> None:
+    # Words no earlier test asked, so that neither tenant has a vector for them yet.
+    question = f"{ASKED[:-1]}, for {unique('both')}?"
+    with cluster.client(ALICE_KEY) as alice, cluster.client(BOB_KEY) as bob:
+        assert ask(alice, question)[1]["cached"] is None
+        assert ask(alice, question)[0] == 200  # alice's exact cache holds it now
+        # Bob: the same words over the same note find none of alice's entries.
+        before = _counts(cluster)
+        (status, job), calls = _model_calls(fake_llm, partial(ask, bob, question))
+        assert status == 202 and job["cached"] is None and calls == 1, job
+        _expect(
+            cluster,
+            before,
+            exact_hit=0,
+            exact_miss=1,
+            embedding_hit=0,
+            embedding_miss=1,
+            semantic_hit=0,
+            semantic_miss=1,
+            context_hit=0,
+            context_miss=1,
+        )
