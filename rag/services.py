@@ -185,11 +185,7 @@ class Services:
                 settings = self.settings
                 self._store = open_vector_store(
                     url=settings.qdrant_url,
-                    api_key=(
-                        settings.qdrant_api_key.get_secret_value()
-                        if settings.qdrant_api_key
-                        else None
-                    ),
+                    api_key=settings.qdrant_api_key_value,
                     path=settings.vector_store_dir,
                     collection=settings.qdrant_collection,
                     dimension=settings.embedding_dimension,
@@ -203,11 +199,7 @@ class Services:
                 settings = self.settings
                 self._questions = open_question_index(
                     url=settings.qdrant_url,
-                    api_key=(
-                        settings.qdrant_api_key.get_secret_value()
-                        if settings.qdrant_api_key
-                        else None
-                    ),
+                    api_key=settings.qdrant_api_key_value,
                     path=settings.question_index_dir,
                     collection=settings.qdrant_questions_collection,
                     dimension=settings.embedding_dimension,

@@ -188,6 +188,10 @@ class Settings(BaseSettings):
         return self.data_dir / "questions"
 
     @property
+    def qdrant_api_key_value(self) -> str | None:
+        return self.qdrant_api_key.get_secret_value() if self.qdrant_api_key else None
+
+    @property
     def qdrant_questions_collection(self) -> str:
         return f"{self.qdrant_collection}_questions"
 

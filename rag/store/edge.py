@@ -117,33 +117,48 @@ def _open_shard(path: Path, dimension: int) -> EdgeShard:
         raise VectorStoreError(f"cannot open the Qdrant Edge shard at {path}: {message}") from exc
 
 
-class EdgeVectorStore:
-    """The `VectorStore` over a Qdrant Edge shard directory, safe to share between threads."""
+class _OwnedShard:
+    """One Qdrant Edge shard held by this process, with its payload indexes made, behind one
+    lock (see the module notes); what the chunks' store and the question index share."""
 
-    def __init__(self, *, path: Path, dimension: int) -> None:
+    _what = "the vector store"
+
+    def __init__(
+        self, *, path: Path, dimension: int, indexes: dict[str, PayloadSchemaParams]
+    ) -> None:
         self._path = path
         self._dimension = dimension
         self._lock = threading.Lock()
         self._shard: EdgeShard | None = _open_shard(path, dimension)
         try:
-            self._ensure_payload_indexes()
+            with self._lock:
+                shard = self._live()
+                existing = shard.info().payload_schema
+                for field, schema in indexes.items():
+                    if field not in existing:
+                        shard.update(UpdateOperation.create_field_index(field, schema))
+                shard.flush()
         except BaseException:
             self.close()
             raise
 
-    def _ensure_payload_indexes(self) -> None:
-        with self._lock:
-            shard = self._live()
-            existing = shard.info().payload_schema
-            for field, schema in _payload_indexes().items():
-                if field not in existing:
-                    shard.update(UpdateOperation.create_field_index(field, schema))
-            shard.flush()
-
     def _live(self) -> EdgeShard:
         if self._shard is None:
-            raise VectorStoreError(f"the vector store at {self._path} is closed; open it again")
+            raise VectorStoreError(f"{self._what} at {self._path} is closed; open it again")
         return self._shard
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+
+
+class EdgeVectorStore(_OwnedShard):
+    """The `VectorStore` over a Qdrant Edge shard directory, safe to share between threads."""
+
+    def __init__(self, *, path: Path, dimension: int) -> None:
+        super().__init__(path=path, dimension=dimension, indexes=_payload_indexes())
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         if not points:
@@ -219,41 +234,18 @@ class EdgeVectorStore:
         with self._lock:
             return self._live().optimize()
 
-    def close(self) -> None:
-        with self._lock:
-            if self._shard is not None:
-                self._shard.close()
-                self._shard = None
 
-
-class EdgeQuestionIndex:
+class EdgeQuestionIndex(_OwnedShard):
     """The `QuestionIndex` over a Qdrant Edge shard of its own, beside the chunks' shard.
 
     Its writes are not flushed: it is a cache, rebuilt by the questions asked, and the
     write-ahead log still replays it after a killed process (see the module notes).
     """
 
-    def __init__(self, *, path: Path, dimension: int) -> None:
-        self._path = path
-        self._dimension = dimension
-        self._lock = threading.Lock()
-        self._shard: EdgeShard | None = _open_shard(path, dimension)
-        try:
-            with self._lock:
-                shard = self._live()
-                existing = shard.info().payload_schema
-                for field, schema in _question_indexes().items():
-                    if field not in existing:
-                        shard.update(UpdateOperation.create_field_index(field, schema))
-                shard.flush()
-        except BaseException:
-            self.close()
-            raise
+    _what = "the question index"
 
-    def _live(self) -> EdgeShard:
-        if self._shard is None:
-            raise VectorStoreError(f"the question index at {self._path} is closed; open it again")
-        return self._shard
+    def __init__(self, *, path: Path, dimension: int) -> None:
+        super().__init__(path=path, dimension=dimension, indexes=_question_indexes())
 
     def add(self, entries: Sequence[QuestionEntry]) -> None:
         if not entries:
@@ -327,9 +319,3 @@ class EdgeQuestionIndex:
         )
         with self._lock:
             return self._live().count(request)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._shard is not None:
-                self._shard.close()
-                self._shard = None
