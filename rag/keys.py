@@ -24,6 +24,10 @@ __all__ = [
     "document_revision_key",
     "document_text_key",
     "documents_index_key",
+    "embed_scheduled_key",
+    "idempotency_key",
+    "index_claim_key",
+    "job_events_key",
     "job_key",
     "pending_questions_key",
     "pool_heartbeat_key",
@@ -37,6 +41,7 @@ __all__ = [
     "usage_recorded_key",
     "usage_tenants_key",
     "vector_store_health_key",
+    "webhook_outbox_key",
 ]
 
 _PREFIX = "scribes"
@@ -48,6 +53,21 @@ DOCUMENT_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:~-]{0,199}\Z")
 
 def job_key(job_id: str) -> str:
     return f"{_PREFIX}:job:{job_id}"
+
+
+def idempotency_key(tenant: str, key: str) -> str:
+    """A client's `Idempotency-Key`, hashed: the client chooses its characters and length."""
+    return f"{_PREFIX}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def job_events_key(job_id: str) -> str:
+    """The job's event stream, and the pub/sub channel its moves are announced on."""
+    return f"{_PREFIX}:job:{job_id}:events"
+
+
+def webhook_outbox_key() -> str:
+    """Jobs whose webhook is not yet delivered or given up, scored by when it is due."""
+    return f"{_PREFIX}:webhooks:outbox"
 
 
 def document_key(tenant: str, document_id: str) -> str:
@@ -73,6 +93,11 @@ def document_text_key(tenant: str, document_id: str, revision: int) -> str:
 
 def staged_chunks_key(tenant: str, document_id: str, revision: int) -> str:
     return f"{_PREFIX}:staged:{tenant}:{document_id}:{revision}"
+
+
+def index_claim_key(tenant: str, document_id: str, revision: int) -> str:
+    # Which index task embeds the revision, until when; "sent" once its store write is queued.
+    return f"{_PREFIX}:indexclaim:{tenant}:{document_id}:{revision}"
 
 
 def corpus_version_key(tenant: str) -> str:
@@ -120,6 +145,11 @@ def answer_cache_key(
         "\x1f".join((normalised_question, str(corpus_version), pipeline_fingerprint)).encode()
     ).hexdigest()
     return answer_cache_prefix(tenant) + digest
+
+
+def embed_scheduled_key() -> str:
+    """Set while a `scribes.embed.pending` task is on its way to the embed queue."""
+    return f"{_PREFIX}:embed:scheduled"
 
 
 def pending_questions_key() -> str:

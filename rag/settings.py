@@ -13,10 +13,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.keys import TENANT_PATTERN
 
-__all__ = ["DEFAULT_REDIS_URL", "ConfigurationError", "Settings", "get_settings"]
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "ConfigurationError",
+    "EmbeddingBackend",
+    "Settings",
+    "get_settings",
+]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BUNDLED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# What runs the embedding model: sentence-transformers on torch, or the same model exported
+# to ONNX and run by onnxruntime (the `onnx` extra; rag.onnx_model, figures in the README).
+EmbeddingBackend = Literal["torch", "onnx"]
 
 
 class ConfigurationError(RuntimeError):
@@ -43,13 +52,29 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(5, ge=0, alias="SCRIBES_LLM_MAX_RETRIES")
 
     api_keys_raw: str = Field("", alias="SCRIBES_API_KEYS")
+    # Operators' keys (comma-separated): only these may start, cancel or roll back a
+    # reindex. Never a tenant's key.
+    admin_keys_raw: SecretStr = Field(SecretStr(""), alias="SCRIBES_ADMIN_KEYS")
     trust_gateway_tenant: bool = Field(False, alias="SCRIBES_TRUST_GATEWAY_TENANT")
 
     embedding_model: str = Field(BUNDLED_EMBEDDING_MODEL, alias="SCRIBES_EMBEDDING_MODEL")
     embedding_dimension: int = Field(384, ge=1, alias="SCRIBES_EMBEDDING_DIMENSION")
     embedding_threads: int = Field(1, ge=1, le=64, alias="SCRIBES_EMBEDDING_THREADS")
+    # torch threads for a batch of four or more questions in the embed pool (tasks.embed).
+    # Two when one embed process has the machine's cores to itself; one where several
+    # share them, since their threads then spin against each other (bench scale_out).
+    embedding_batch_threads: int = Field(2, ge=1, le=64, alias="SCRIBES_EMBEDDING_BATCH_THREADS")
+    # torch: ONNX gave no more chunks/s here (0.92x to 1.11x), though one question at a time
+    # it took about 6 ms against 14 (README, "The embedding backend"). onnx needs the extra.
+    embedding_backend: EmbeddingBackend = Field("torch", alias="SCRIBES_EMBEDDING_BACKEND")
     query_batch_size: int = Field(32, ge=1, le=256, alias="SCRIBES_QUERY_BATCH_SIZE")
     embedding_batch_size: int = Field(64, ge=1, alias="SCRIBES_EMBEDDING_BATCH_SIZE")
+    # The index pool (rag.ingest_pace): torch threads while no question waits (unset: every
+    # core this process may run on; one whenever a question waits), chunks embedded between
+    # two looks at the questions, and the most chunks one index task takes across notes.
+    index_threads: int | None = Field(None, ge=1, le=256, alias="SCRIBES_INDEX_THREADS")
+    index_step_chunks: int = Field(32, ge=1, le=1024, alias="SCRIBES_INDEX_STEP_CHUNKS")
+    index_batch_chunks: int = Field(256, ge=1, le=10_000, alias="SCRIBES_INDEX_BATCH_CHUNKS")
 
     top_k: int = Field(5, ge=1, le=50, alias="SCRIBES_TOP_K")
     max_top_k: int = Field(20, ge=1, le=100, alias="SCRIBES_MAX_TOP_K")
@@ -63,7 +88,12 @@ class Settings(BaseSettings):
 
     api_url: str = Field("http://127.0.0.1:8000", alias="SCRIBES_API_URL")
     api_key: SecretStr | None = Field(None, alias="SCRIBES_API_KEY")
+    # The key `scribes reindex` sends (one of SCRIBES_ADMIN_KEYS); SCRIBES_API_KEY if unset.
+    admin_key: SecretStr | None = Field(None, alias="SCRIBES_ADMIN_KEY")
     worker_pool: str | None = Field(None, alias="SCRIBES_WORKER_POOL")
+    # Touched by a worker's heartbeat thread every beat, Redis or not: what a container's
+    # liveness probe checks (`python -m workers.probe FILE`). Unset: no file.
+    heartbeat_file: Path | None = Field(None, alias="SCRIBES_HEARTBEAT_FILE")
 
     llm_fallback: Literal["none", "extractive"] = Field("none", alias="SCRIBES_LLM_FALLBACK")
     breaker_failures: int = Field(5, ge=1, alias="SCRIBES_BREAKER_FAILURES")
@@ -102,6 +132,10 @@ class Settings(BaseSettings):
     chunk_vector_cache_ttl_s: int = Field(
         30 * 86_400, ge=1, alias="SCRIBES_CHUNK_VECTOR_CACHE_TTL_S"
     )
+    # A reindex reads and writes this many chunks per batch; the old generation is kept
+    # this long after a switch, for `scribes reindex rollback`.
+    reindex_batch_size: int = Field(256, ge=1, le=4096, alias="SCRIBES_REINDEX_BATCH_SIZE")
+    reindex_retain_s: int = Field(86_400, ge=0, alias="SCRIBES_REINDEX_RETAIN_S")
     # Short, because every worker renews the messages it holds (workers.leases): a dead
     # worker's messages come back after this plus the 5 s restore interval.
     visibility_timeout_s: int = Field(20, ge=8, alias="SCRIBES_VISIBILITY_TIMEOUT_S")
@@ -109,6 +143,10 @@ class Settings(BaseSettings):
     # Observability. Off: nothing is written for a scrape (no per-host metrics directory,
     # no per-request or per-task counting) and /metrics serves only the system-wide series.
     metrics_enabled: bool = Field(True, alias="SCRIBES_METRICS_ENABLED")
+    # Celery's task events, which Flower reads: off unless asked for, since Flower switches
+    # them on in every worker while it runs (its enable_events), and they cost each
+    # question about 7 ms on the 2-core machine when nobody reads them.
+    task_events: bool = Field(False, alias="SCRIBES_TASK_EVENTS")
     # /metrics needs this Bearer token when it is set.
     metrics_token: SecretStr | None = Field(None, alias="SCRIBES_METRICS_TOKEN")
     # A tenant label on the per-question metrics: opt-in, as it multiplies their series.
@@ -126,6 +164,20 @@ class Settings(BaseSettings):
     # JSON: {"tenant": {"daily_usd": "5", "monthly_usd": null}}; null lifts that limit.
     tenant_budgets_raw: str = Field("", alias="SCRIBES_TENANT_BUDGETS")
 
+    # Webhooks (rag.webhooks). Hosts a callback_url may name, comma-separated: `host`,
+    # `host:port`, `*.domain`; empty: a question with a callback_url is refused.
+    webhook_allowed_hosts_raw: str = Field("", alias="SCRIBES_WEBHOOK_ALLOWED_HOSTS")
+    webhook_secret: SecretStr | None = Field(None, alias="SCRIBES_WEBHOOK_SECRET")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, alias="SCRIBES_WEBHOOK_TIMEOUT_S")
+    # 8 attempts 30 s apart doubling (30, 60 … 1920 s, each ±20 %): the last about an hour
+    # after the first.
+    webhook_max_attempts: int = Field(8, ge=1, le=20, alias="SCRIBES_WEBHOOK_MAX_ATTEMPTS")
+    webhook_backoff_s: float = Field(30.0, gt=0, alias="SCRIBES_WEBHOOK_BACKOFF_S")
+    # A delivery still in the outbox this long after it was due lost its task (a process
+    # died, the broker was down): the heartbeat's sweep sends it again. Above the timeout,
+    # so that an attempt under way is never doubled.
+    webhook_resend_after_s: float = Field(60.0, gt=0, alias="SCRIBES_WEBHOOK_RESEND_AFTER_S")
+
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
@@ -142,6 +194,11 @@ class Settings(BaseSettings):
                 )
             keys[key.strip()] = tenant.strip()
         return keys
+
+    @property
+    def admin_keys(self) -> frozenset[str]:
+        raw = self.admin_keys_raw.get_secret_value()
+        return frozenset(filter(None, (part.strip() for part in raw.split(","))))
 
     @property
     def tenant_budgets(self) -> dict[str, dict[str, Decimal | None]]:
@@ -174,6 +231,15 @@ class Settings(BaseSettings):
         return budgets
 
     @property
+    def webhook_allowed_hosts(self) -> tuple[str, ...]:
+        raw = self.webhook_allowed_hosts_raw
+        return tuple(filter(None, (part.strip() for part in raw.split(","))))
+
+    @property
+    def webhook_secret_value(self) -> str:
+        return self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+
+    @property
     def serves_api_docs(self) -> bool:
         """/docs, /redoc and /openapi.json: on in development, off in production unless asked."""
         return self.api_docs if self.api_docs is not None else self.env == "development"
@@ -192,8 +258,10 @@ class Settings(BaseSettings):
         return self.qdrant_api_key.get_secret_value() if self.qdrant_api_key else None
 
     @property
-    def qdrant_questions_collection(self) -> str:
-        return f"{self.qdrant_collection}_questions"
+    def qdrant_live_alias(self) -> str:
+        """On a Qdrant server, the alias of the live generation's collection: a reindex
+        swaps it in the same request as it deletes the old one."""
+        return f"{self.qdrant_collection}_live"
 
     @property
     def uses_anthropic(self) -> bool:
@@ -211,10 +279,39 @@ class Settings(BaseSettings):
             raise ConfigurationError("SCRIBES_TOP_K must not exceed SCRIBES_MAX_TOP_K")
         _ = self.tenant_budgets
         keys = self.api_keys
+        if self.admin_keys & set(keys):
+            raise ConfigurationError(
+                "a key in SCRIBES_ADMIN_KEYS is also a tenant's key in SCRIBES_API_KEYS; "
+                "give operators keys of their own"
+            )
+        self._check_webhooks()
         if self.env == "production" and not keys and not self.trust_gateway_tenant:
             raise ConfigurationError(
                 "SCRIBES_ENV=production needs SCRIBES_API_KEYS (key=tenant,…); "
                 "refusing to serve without authentication"
+            )
+
+    def _check_webhooks(self) -> None:
+        hosts = self.webhook_allowed_hosts
+        if not hosts:
+            return
+        from rag.webhooks import parse_host_rule  # rag.webhooks types its checks by Settings
+
+        for entry in hosts:
+            try:
+                parse_host_rule(entry)
+            except ValueError as exc:
+                raise ConfigurationError(f"SCRIBES_WEBHOOK_ALLOWED_HOSTS: {exc}") from exc
+        if len(self.webhook_secret_value) < 16:
+            raise ConfigurationError(
+                "SCRIBES_WEBHOOK_ALLOWED_HOSTS is set, so webhooks are on: set "
+                "SCRIBES_WEBHOOK_SECRET to a secret of at least 16 characters (e.g. "
+                "`openssl rand -hex 32`), which signs every delivery"
+            )
+        if self.webhook_resend_after_s <= self.webhook_timeout_s:
+            raise ConfigurationError(
+                "SCRIBES_WEBHOOK_RESEND_AFTER_S must be longer than SCRIBES_WEBHOOK_TIMEOUT_S, "
+                "or an attempt under way would be sent again"
             )
 
 

@@ -1,4 +1,5 @@
-"""The one command: `scribes up | worker | exporter | api | ingest | ask | eval | status`."""
+"""The one command: `scribes up | worker | exporter | api | ingest | ask | eval | status |
+reindex`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from rag.settings import ConfigurationError, Settings, get_settings
-from scribes.client import ApiFailure, ScribesClient
+from scribes.client import ApiError, Job, JobEvent, Retries, Scribes, ScribesError, TextEvent
 from scribes.notefiles import collect_note_files, read_note
 from workers.pools import POOLS, worker_command
 
@@ -49,9 +50,9 @@ def _client_settings() -> Settings:
         _fail(str(exc).splitlines()[0], 2)
 
 
-def _client(settings: Settings, api_url: str | None) -> ScribesClient:
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    return ScribesClient(api_url or settings.api_url, api_key=key)
+def _client(settings: Settings, api_url: str | None) -> Scribes:
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    return Scribes(api_url or settings.api_url, api_key=key)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,10 +118,14 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    # Ctrl-C stops everything even when `scribes up` was started from a script in the
+    # background, where the shell starts it with SIGINT ignored and Python then leaves it so.
+    signal.signal(signal.SIGINT, _stop)
     try:
         supervisor.start(explicit_redis_url="redis_url" in settings.model_fields_set)
         api_url = f"http://{host}:{port}"
-        with ScribesClient(api_url) as client:
+        # One try per readiness check: the loop below is the retry, and reports as it goes.
+        with Scribes(api_url, api_key="", retries=Retries(attempts=1)) as client:
             _wait_ready(client, supervisor, ready_timeout)
             supervisor.supervise_in_background()
             click.echo(f"scribes: API {api_url}  (logs in {settings.data_dir / 'logs'})")
@@ -153,7 +158,7 @@ def _login(login: FlowerAuth) -> str:
     return f"user {login.user}; password in {login.file}"
 
 
-def _wait_ready(client: ScribesClient, supervisor: Supervisor, timeout_s: float) -> None:
+def _wait_ready(client: Scribes, supervisor: Supervisor, timeout_s: float) -> None:
     """Wait for the API and every pool; a child that exits before then is a fault at once."""
     deadline = time.monotonic() + timeout_s
     last = ""
@@ -167,7 +172,7 @@ def _wait_ready(client: ScribesClient, supervisor: Supervisor, timeout_s: float)
             if not missing:
                 return
             message = f"not ready: {', '.join(missing)}"
-        except ApiFailure as exc:
+        except ScribesError as exc:
             message = exc.message
         if message != last:
             click.echo(f"scribes: waiting — {message}")
@@ -215,11 +220,11 @@ def _ingest_samples_once(settings: Settings, redis_url: str) -> None:
     click.echo(f"scribes: {len(notes) - len(pending)} sample notes indexed for tenant 'default'")
 
 
-def _ask(settings: Settings, api_url: str, question: str) -> dict[str, Any]:
+def _ask(settings: Settings, api_url: str, question: str) -> Job:
     with _client(settings, api_url) as client:
         try:
             return client.ask(question)
-        except ApiFailure as exc:
+        except ScribesError as exc:
             raise RuntimeError(exc.message) from exc
 
 
@@ -322,16 +327,16 @@ def ingest(paths: tuple[Path, ...], api_url: str | None, wait: bool, timeout: fl
             for root, file in bar:
                 try:
                     note = read_note(root, file)
-                    client.add_document(
-                        title=note.title,
-                        text=note.text,
+                    client.ingest(
+                        note.title,
+                        note.text,
                         document_id=note.document_id,
                         metadata={"path": str(file)},
                     )
                     submitted.append(note.document_id)
                 except ValueError as exc:
                     problems.append(str(exc))
-                except ApiFailure as exc:
+                except ScribesError as exc:
                     if exc.code == "api_unreachable":
                         _fail(exc.message)
                     problems.append(f"{file}: {exc.message}")
@@ -344,7 +349,7 @@ def ingest(paths: tuple[Path, ...], api_url: str | None, wait: bool, timeout: fl
         sys.exit(1)
 
 
-def _wait_indexed(client: ScribesClient, ids: list[str], timeout_s: float) -> list[str]:
+def _wait_indexed(client: Scribes, ids: list[str], timeout_s: float) -> list[str]:
     pending = list(ids)
     problems: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -352,11 +357,11 @@ def _wait_indexed(client: ScribesClient, ids: list[str], timeout_s: float) -> li
         while pending and time.monotonic() < deadline:
             still: list[str] = []
             for document_id in pending:
-                status = client.document(document_id)
-                if status["status"] == "queued":
+                document = client.document(document_id)
+                if document.status == "queued":
                     still.append(document_id)
-                elif status["status"] == "failed":
-                    problems.append(f"{document_id}: {status.get('error') or 'indexing failed'}")
+                elif document.status == "failed":
+                    problems.append(f"{document_id}: {document.error or 'indexing failed'}")
             bar.update(len(pending) - len(still))
             pending = still
             if pending:
@@ -371,19 +376,62 @@ def _wait_indexed(client: ScribesClient, ids: list[str], timeout_s: float) -> li
 @click.option("--top-k", type=int, default=None, help="Passages to retrieve.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole job as JSON.")
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Print the answer as it is written; the default when the output is a terminal.",
+)
 def ask(
-    question: str, api_url: str | None, top_k: int | None, timeout: float, as_json: bool
+    question: str,
+    api_url: str | None,
+    top_k: int | None,
+    timeout: float,
+    as_json: bool,
+    stream: bool | None,
 ) -> None:
     """Ask a question of your notes and print the answer with its sources."""
     settings = _client_settings()
+    streaming = (sys.stdout.isatty() if stream is None else stream) and not as_json
     with _client(settings, api_url) as client:
         try:
-            job = client.ask(question, top_k=top_k, timeout_s=timeout)
-        except ApiFailure as exc:
+            job = client.submit(question, top_k=top_k)
+            if not job.finished:
+                if streaming:
+                    job = _stream_answer(client, job.id, timeout)
+                else:
+                    job = client.wait(job.id, timeout_s=timeout)
+            elif streaming and job.succeeded:
+                click.echo(job.answer)
+        except ScribesError as exc:
             _fail(exc.message)
-    _print_answer(job, as_json)
-    if job["status"] == "failed":
+    _print_answer(job, as_json, answer_shown=streaming)
+    if not job.succeeded:
         sys.exit(1)
+
+
+def _stream_answer(client: Scribes, job_id: str, timeout_s: float) -> Job:
+    """Print the answer's text as it arrives, then return the finished job. An API without
+    the event stream (a 404 before any text) is waited for instead, printing nothing."""
+    shown = False
+    try:
+        for event in client.stream(job_id, timeout_s=timeout_s):
+            if isinstance(event, TextEvent):
+                click.echo(event.text, nl=False)
+                shown = shown or bool(event.text)
+            elif isinstance(event, JobEvent):
+                job = event.job
+                if shown:
+                    click.echo()
+                elif job.succeeded:  # a writer that streams nothing, or a cached answer
+                    click.echo(job.answer)
+                return job
+    except ApiError as exc:
+        if exc.status != 404 or shown:
+            raise
+    job = client.wait(job_id, timeout_s=timeout_s)
+    if job.succeeded:
+        click.echo(job.answer)
+    return job
 
 
 @main.command("eval")
@@ -439,7 +487,7 @@ def eval_command(
             report = run_labelled_set(
                 client, questions, top_k=k, concurrency=concurrency, timeout_s=timeout
             )
-        except ApiFailure as exc:
+        except ScribesError as exc:
             _fail(exc.message)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -449,27 +497,29 @@ def eval_command(
         _fail(f"{len(report.unmeasured)} of {len(report.results)} questions not measured")
 
 
-def _print_answer(job: dict[str, Any], as_json: bool) -> None:
+def _print_answer(job: Job, as_json: bool, *, answer_shown: bool = False) -> None:
     if as_json:
-        click.echo(json.dumps(job, indent=2))
+        click.echo(json.dumps(job.raw, indent=2))
         return
-    if job["status"] == "failed":
-        error = job.get("error") or {}
-        click.echo(f"scribes: failed: {error.get('message', 'unknown error')}", err=True)
+    if not job.succeeded:
+        reason = job.error.message if job.error else "unknown error"
+        if job.status == "cancelled":
+            reason = "stopped by a cancel"
+        click.echo(f"scribes: {job.status}: {reason}", err=True)
         return
-    click.echo(job["answer"])
-    if job.get("sources"):
+    if not answer_shown:
+        click.echo(job.answer)
+    if job.sources:
         click.echo("\nSources:")
-        for source in job["sources"]:
+        for source in job.sources:
             click.echo(
-                f"  [{source.get('number', '?')}] {source['title']} "
-                f"({source['document_id']}, score {source['score']:.2f})"
+                f"  [{source.number or '?'}] {source.title} "
+                f"({source.document_id}, score {source.score:.2f})"
             )
-    usage = job.get("usage") or {}
-    cached = f", cached: {job['cached']}" if job.get("cached") else ""
+    cached = f", cached: {job.cached}" if job.cached else ""
     click.echo(
-        f"\n({usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out "
-        f"tokens, ${usage.get('cost_usd') or 0:.6f}{cached})"
+        f"\n({job.usage.input_tokens} in / {job.usage.output_tokens} out "
+        f"tokens, ${job.usage.cost_usd or 0:.6f}{cached})"
     )
 
 
@@ -482,7 +532,7 @@ def status(api_url: str | None) -> None:
     with _client(settings, api_url) as client:
         try:
             body = client.status()
-        except ApiFailure as exc:
+        except ScribesError as exc:
             _fail(exc.message)
     pools = body.get("pools", {})
     breakers = body.get("breakers", {})
@@ -506,6 +556,150 @@ def status(api_url: str | None) -> None:
         )
     if body["status"] != "ok":
         sys.exit(1)
+
+
+def _admin_client(api_url: str | None) -> Scribes:
+    settings = _client_settings()
+    key = settings.admin_key or settings.api_key
+    return Scribes(api_url or settings.api_url, api_key=key.get_secret_value() if key else "")
+
+
+def progress_line(run: dict[str, Any], width: int = 30) -> str:
+    """One line of a run: a bar of chunks done of total, the rate, the time left, the phase."""
+    total = int(run.get("total") or 0)
+    done = min(int(run.get("done") or 0), total) if total else int(run.get("done") or 0)
+    share = done / total if total else (1.0 if run["phase"] == "done" else 0.0)
+    filled = round(share * width)
+    eta = run.get("eta_s")
+    eta_text = f"ETA {eta:.0f} s" if isinstance(eta, int | float) else "ETA -"
+    how = f"{run.get('copied', 0)} copied, {run.get('embedded', 0)} embedded"
+    if run.get("cached"):
+        how += f", {run['cached']} from cache"
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} chunks  "
+        f"{float(run.get('rate_per_s') or 0):.0f}/s  {eta_text}  phase {run['phase']}  ({how})"
+    )
+
+
+def _show_reindex(body: dict[str, Any]) -> dict[str, Any] | None:
+    run = body.get("run")
+    live = body.get("live") or {}
+    click.echo(
+        f"live: generation {live.get('number')} ({live.get('model')}, {live.get('dimension')}-d)"
+    )
+    if run is None:
+        click.echo("no reindex has run")
+        return None
+    target = f" -> generation {run['target']}" if run.get("target") else ""
+    click.echo(f"{run['kind']} {run['run_id']}: generation {run['source']}{target}")
+    click.echo(progress_line(run))
+    if run.get("error"):
+        click.echo(f"error: {run['error']}")
+    return dict(run)
+
+
+_FINISHED_PHASES = ("done", "failed", "cancelled")
+
+
+def _follow(client: Scribes, run_id: str, timeout_s: float) -> dict[str, Any]:
+    """Redraw the run's progress until it ends; the run as it ended."""
+    deadline = time.monotonic() + timeout_s
+    tty = sys.stdout.isatty()
+    last = ""
+    while True:
+        run = client.reindex_status().get("run") or {}
+        if run.get("run_id") != run_id:
+            _fail("the reindex was replaced by another run")
+        line = progress_line(run)
+        if line != last:
+            click.echo(("\r" + line) if tty else line, nl=not tty)
+            last = line
+        if run.get("phase") in _FINISHED_PHASES:
+            if tty:
+                click.echo()
+            return dict(run)
+        if time.monotonic() > deadline:
+            _fail(f"the reindex did not finish within {timeout_s:.0f} s; it goes on")
+        time.sleep(1.0)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--model", default=None, help="Model name or directory; default: the live one.")
+@click.option("--tenant", default=None, help="Re-embed this tenant's chunks even if unchanged.")
+@click.option("--wait/--no-wait", default=False, help="Follow the run until it ends.")
+@click.option("--timeout", default=7200.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--api-url", default=None, help="Defaults to SCRIBES_API_URL.")
+@click.pass_context
+def reindex(
+    ctx: click.Context,
+    model: str | None,
+    tenant: str | None,
+    wait: bool,
+    timeout: float,
+    api_url: str | None,
+) -> None:
+    """Re-embed every chunk into a new generation of the store, then switch to it.
+
+    Questions are answered from the live generation until the switch. Needs an operator's
+    key (SCRIBES_ADMIN_KEY, one of the server's SCRIBES_ADMIN_KEYS).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["api_url"] = api_url
+    if ctx.invoked_subcommand is not None:
+        return
+    with _admin_client(api_url) as client:
+        try:
+            body = client.reindex(model=model, tenant=tenant)
+        except ScribesError as exc:
+            _fail(exc.message)
+        run = _show_reindex(body)
+        if run is None or not wait:
+            return
+        try:
+            ended = _follow(client, run["run_id"], timeout)
+        except ScribesError as exc:
+            _fail(exc.message)
+    if ended["phase"] != "done":
+        _fail(f"the reindex ended {ended['phase']}: {ended.get('error') or 'no reason given'}")
+
+
+@reindex.command("status")
+@click.pass_context
+def reindex_status(ctx: click.Context) -> None:
+    """Show the last run's progress and the live generation; exit 1 if the run failed."""
+    with _admin_client(ctx.obj.get("api_url")) as client:
+        try:
+            run = _show_reindex(client.reindex_status())
+        except ScribesError as exc:
+            _fail(exc.message)
+    if run is not None and run["phase"] == "failed":
+        sys.exit(1)
+
+
+@reindex.command("cancel")
+@click.pass_context
+def reindex_cancel(ctx: click.Context) -> None:
+    """Stop the running reindex before its switch; the live generation stays live."""
+    with _admin_client(ctx.obj.get("api_url")) as client:
+        try:
+            _show_reindex(client.reindex_cancel())
+        except ScribesError as exc:
+            _fail(exc.message)
+
+
+@reindex.command("rollback")
+@click.option("--wait/--no-wait", default=True, help="Follow the rollback until it ends.")
+@click.pass_context
+def reindex_rollback(ctx: click.Context, wait: bool) -> None:
+    """Switch back to the generation the last reindex replaced, while it is kept."""
+    with _admin_client(ctx.obj.get("api_url")) as client:
+        try:
+            run = _show_reindex(client.reindex_rollback())
+            ended = _follow(client, run["run_id"], 3600) if run and wait else None
+        except ScribesError as exc:
+            _fail(exc.message)
+    if ended is not None and ended["phase"] != "done":
+        _fail(f"the rollback ended {ended['phase']}: {ended.get('error') or 'no reason given'}")
 
 
 def _breaker_detail(breaker: dict[str, Any]) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from rag.records.documents import DocumentRegistry
 from rag.records.staging import ChunkStaging
-from rag.services import process_services
+from rag.services import Services, process_services
 from rag.store import VectorStore
+from rag.store.generations import Generation
 from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
 
@@ -30,16 +33,37 @@ def apply_staged(
     documents: DocumentRegistry,
     staging: ChunkStaging,
     store: VectorStore,
+    model: str | None = None,
+    written: Callable[[str, str], None] | None = None,
+    restage: Callable[[str, str, int], None] | None = None,
 ) -> int | None:
     """Write the staged revision and make it live; the chunk count, or None if there was
-    nothing to do (applied by an earlier delivery, or superseded)."""
+    nothing to do (applied by an earlier delivery, or superseded).
+
+    `store` is the live generation, whose vectors `model` makes: a revision embedded by
+    another model (staged before a switch to a new one) is handed to `restage` instead.
+    `written` hears of every document written, for a reindex to copy it again.
+    """
     documents.touch(tenant, document_id)
     with documents.write_lock(tenant, document_id):
-        points = staging.load(tenant, document_id, revision)
-        if points is None:
+        found = staging.load_with_model(tenant, document_id, revision)
+        if found is None:
             return None  # applied by an earlier delivery
+        points, staged_model = found
         if not documents.is_current(tenant, document_id, revision):
             staging.drop(tenant, document_id, revision)
+            return None
+        if model is not None and staged_model not in (None, model) and restage is not None:
+            log.info(
+                "%s/%s@%d was embedded by %s, the store now holds %s: embedding it again",
+                tenant,
+                document_id,
+                revision,
+                staged_model,
+                model,
+            )
+            staging.drop(tenant, document_id, revision)
+            restage(tenant, document_id, revision)
             return None
         store.upsert(points)
         # Same words, same ids: unchanged chunks were overwritten above; the rest go.
@@ -50,6 +74,8 @@ def apply_staged(
             # Deleted while it was being written: take back what was written.
             store.delete_revisions(tenant=tenant, document_id=document_id, up_to_revision=revision)
         staging.drop(tenant, document_id, revision)
+        if written is not None:
+            written(tenant, document_id)
     log.info("indexed %s/%s@%d: %d chunks", tenant, document_id, revision, chunks)
     return chunks
 
@@ -61,35 +87,61 @@ def purge_revisions(
     *,
     documents: DocumentRegistry,
     store: VectorStore,
+    written: Callable[[str, str], None] | None = None,
 ) -> None:
     with documents.write_lock(tenant, document_id):
         store.delete_revisions(
             tenant=tenant, document_id=document_id, up_to_revision=up_to_revision
         )
+        if written is not None:
+            written(tenant, document_id)
+
+
+def written_to(services: Services, generation: Generation) -> Callable[[str, str], None]:
+    def note(tenant: str, document_id: str) -> None:
+        services.reindexes.note_write(tenant, document_id, generation=generation.number)
+
+    return note
+
+
+def _restage(tenant: str, document_id: str, revision: int) -> None:
+    # Imported here: tasks.index imports this module.
+    from tasks.index import STORE_EXPIRES, index_document
+
+    index_document.apply_async(
+        kwargs={"tenant": tenant, "document_id": document_id, "revision": revision},
+        expires=datetime.now(UTC) + STORE_EXPIRES,
+    )
 
 
 @scribes_task(TaskName.STORE_UPSERT, soft_time_limit=120, time_limit=150, retry_errors=True)
 def store_upsert(self: ScribesTask, *, tenant: str, document_id: str, revision: int) -> None:
     services = process_services()
+    live = services.live()
     apply_staged(
         tenant,
         document_id,
         revision,
         documents=services.documents,
         staging=services.staging,
-        store=services.vector_store(),
+        store=services.vector_store(live),
+        model=live.model,
+        written=written_to(services, live),
+        restage=_restage,
     )
 
 
 @scribes_task(TaskName.STORE_PURGE, soft_time_limit=120, time_limit=150, retry_errors=True)
 def store_purge(self: ScribesTask, *, tenant: str, document_id: str, up_to_revision: int) -> None:
     services = process_services()
+    live = services.live()
     purge_revisions(
         tenant,
         document_id,
         up_to_revision,
         documents=services.documents,
-        store=services.vector_store(),
+        store=services.vector_store(live),
+        written=written_to(services, live),
     )
 
 
@@ -99,6 +151,7 @@ def store_purge(self: ScribesTask, *, tenant: str, document_id: str, up_to_revis
 def store_forget_questions(self: ScribesTask, *, tenant: str) -> None:
     """Empty the tenant's semantic-cache index (`DELETE /v1/cache`). Its entries were
     already unreachable: the exact-cache answers they point at are deleted first."""
-    semantic = process_services().semantic
+    services = process_services()
+    semantic = services.semantic(services.live())
     if semantic is not None:
         semantic.clear(tenant)

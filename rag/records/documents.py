@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
 from redis.lock import Lock
@@ -29,7 +29,13 @@ from rag.keys import (
 from rag.telemetry.metrics import DOCUMENTS
 from rag.types import Failure
 
-__all__ = ["DocumentRecord", "DocumentRegistry", "DocumentStatus", "DocumentText"]
+__all__ = [
+    "DocumentRecord",
+    "DocumentRegistry",
+    "DocumentRevision",
+    "DocumentStatus",
+    "DocumentText",
+]
 
 
 class DocumentStatus(StrEnum):
@@ -49,6 +55,14 @@ class DocumentRecord:
     chunks: int
     error: Failure | None
     updated_at: float
+
+
+class DocumentRevision(NamedTuple):
+    """One revision of one tenant's document: what an index or store write works on."""
+
+    tenant: str
+    document_id: str
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +249,24 @@ class DocumentRegistry:
         return [
             (tenant, document_id)
             for tenant, _, document_id in (m.partition("\x1f") for m in members)
+        ]
+
+    def queued_revisions(self, *, limit: int) -> list[DocumentRevision]:
+        """Up to `limit` revisions still queued for indexing, least recently touched first
+        (about the order they were submitted in)."""
+        members: list[str] = self._redis.zrange(queued_documents_key(), 0, limit - 1)  # type: ignore[assignment]
+        documents = [
+            (tenant, document_id)
+            for tenant, _, document_id in (member.partition("\x1f") for member in members)
+        ]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for tenant, document_id in documents:
+                pipe.hmget(document_key(tenant, document_id), ["revision", "status"])
+            rows: list[list[str | None]] = pipe.execute()
+        return [
+            DocumentRevision(tenant, document_id, int(revision))
+            for (tenant, document_id), (revision, status) in zip(documents, rows, strict=True)
+            if revision is not None and status == DocumentStatus.QUEUED.value
         ]
 
     def forget_queued(self, tenant: str, document_id: str) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "VectorStoreError",
     "canonical_point_id",
     "hit_from_payload",
+    "point_from_record",
     "vector_as_floats",
 ]
 
@@ -50,6 +51,24 @@ class VectorStore(Protocol):
 
     def count(self, *, tenant: str | None = None, document_id: str | None = None) -> int:
         """Exact number of points, optionally only the tenant's and/or the document's."""
+        ...
+
+    def scroll(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        with_vectors: bool,
+        tenant: str | None = None,
+        document_ids: Sequence[str] | None = None,
+    ) -> tuple[list[ChunkPoint], str | None]:
+        """Up to `limit` points in id order from `after` (a cursor this returned, or None
+        for the first), and the cursor of the next page (None at the end). Without
+        `with_vectors` each point's vector is empty."""
+        ...
+
+    def drop(self) -> None:
+        """Delete the whole collection and close the store: a generation no longer kept."""
         ...
 
     def close(self) -> None:
@@ -93,6 +112,14 @@ class QuestionIndex(Protocol):
         """Exact number of entries, optionally only the tenant's."""
         ...
 
+    def sample(self, *, limit: int) -> list[tuple[str, list[float]]]:
+        """Up to `limit` stored questions as (tenant, vector): probes for a reindex's check."""
+        ...
+
+    def drop(self) -> None:
+        """Delete the whole index and close it."""
+        ...
+
     def close(self) -> None:
         """Release the index; calling it twice is harmless."""
         ...
@@ -118,6 +145,15 @@ def vector_as_floats(vector: Sequence[float], dimension: int) -> list[float]:
             "embed with the model the store was built with"
         )
     return values
+
+
+def point_from_record(
+    point_id: object, vector: Sequence[float] | None, payload: Mapping[str, Any] | None
+) -> ChunkPoint:
+    """A scrolled point as a `ChunkPoint` (empty vector when none was asked for)."""
+    return ChunkPoint(
+        id=str(point_id), vector=list(vector or ()), payload=ChunkPayload.from_json(payload or {})
+    )
 
 
 def hit_from_payload(point_id: object, score: float, payload: Mapping[str, Any] | None) -> ChunkHit:

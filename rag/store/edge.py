@@ -28,10 +28,12 @@ What Qdrant Edge does that is easy to get wrong, and how it was checked (2-core 
 
 from __future__ import annotations
 
+import shutil
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qdrant_edge import (
     CountRequest,
@@ -50,11 +52,18 @@ from qdrant_edge import (
     Query,
     QueryRequest,
     RangeFloat,
+    ScrollRequest,
     UpdateOperation,
 )
 
 from rag.settings import ConfigurationError
-from rag.store.base import VectorStoreError, canonical_point_id, hit_from_payload, vector_as_floats
+from rag.store.base import (
+    VectorStoreError,
+    canonical_point_id,
+    hit_from_payload,
+    point_from_record,
+    vector_as_floats,
+)
 from rag.types import ChunkHit, ChunkPoint, QuestionEntry, QuestionMatch
 
 if TYPE_CHECKING:
@@ -153,6 +162,28 @@ class _OwnedShard:
                 self._shard.close()
                 self._shard = None
 
+    def drop(self) -> None:
+        """Close the shard and delete its directory."""
+        self.close()
+        shutil.rmtree(self._path, ignore_errors=True)
+
+    def _scroll(
+        self, conditions: list[ConditionType], *, after: str | None, limit: int, with_vectors: bool
+    ) -> tuple[list[tuple[object, list[float] | None, dict[str, Any] | None]], str | None]:
+        request = ScrollRequest(
+            offset=uuid.UUID(after) if after else None,
+            limit=limit,
+            filter=Filter(must=conditions) if conditions else None,
+            with_payload=True,
+            with_vector=with_vectors,
+        )
+        with self._lock:
+            records, following = self._live().scroll(request)
+        return (
+            [(r.id, _plain_vector(r.vector) if with_vectors else None, r.payload) for r in records],
+            str(following) if following is not None else None,
+        )
+
 
 class EdgeVectorStore(_OwnedShard):
     """The `VectorStore` over a Qdrant Edge shard directory, safe to share between threads."""
@@ -225,6 +256,25 @@ class EdgeVectorStore(_OwnedShard):
         request = CountRequest(exact=True, filter=Filter(must=conditions) if conditions else None)
         with self._lock:
             return self._live().count(request)
+
+    def scroll(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        with_vectors: bool,
+        tenant: str | None = None,
+        document_ids: Sequence[str] | None = None,
+    ) -> tuple[list[ChunkPoint], str | None]:
+        conditions: list[ConditionType] = []
+        if tenant is not None:
+            conditions.append(_match("tenant", tenant))
+        if document_ids is not None:
+            conditions.append(FieldCondition("document_id", match=MatchAny(list(document_ids))))
+        records, following = self._scroll(
+            conditions, after=after, limit=limit, with_vectors=with_vectors
+        )
+        return [point_from_record(*record) for record in records], following
 
     def optimize(self) -> bool:
         """Build the HNSW index where segments have grown enough; True if anything changed.
@@ -319,3 +369,11 @@ class EdgeQuestionIndex(_OwnedShard):
         )
         with self._lock:
             return self._live().count(request)
+
+    def sample(self, *, limit: int) -> list[tuple[str, list[float]]]:
+        records, _ = self._scroll([], after=None, limit=limit, with_vectors=True)
+        return [
+            (str((payload or {}).get("tenant", "")), vector)
+            for _, vector, payload in records
+            if vector is not None
+        ]

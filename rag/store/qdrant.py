@@ -10,13 +10,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from rag.settings import ConfigurationError
-from rag.store.base import VectorStoreError, canonical_point_id, hit_from_payload, vector_as_floats
+from rag.store.base import (
+    VectorStoreError,
+    canonical_point_id,
+    hit_from_payload,
+    point_from_record,
+    vector_as_floats,
+)
 from rag.types import ChunkHit, ChunkPoint, QuestionEntry, QuestionMatch
 from rag.urls import redact_url
 
@@ -80,6 +86,47 @@ def _connect(url: str, api_key: str | None, timeout_s: int) -> tuple[QdrantClien
     )
 
 
+class _Shared:
+    """A `path:` directory admits one client per process, and its engine no concurrent
+    call: every collection of it (chunks, questions, each generation) shares one client and
+    one lock, and the client closes with the last of them."""
+
+    _lock = threading.Lock()
+    _open: ClassVar[dict[str, tuple[QdrantClient, threading.Lock, int]]] = {}
+
+    @classmethod
+    def take(
+        cls, url: str, api_key: str | None, timeout_s: int
+    ) -> tuple[QdrantClient, bool, AbstractContextManager[object]]:
+        if not url.startswith(_LOCAL_PATH_PREFIX):
+            client, local = _connect(url, api_key, timeout_s)
+            return client, local, threading.Lock() if local else nullcontext()
+        with cls._lock:
+            found = cls._open.get(url)
+            if found is None:
+                client, _ = _connect(url, api_key, timeout_s)
+                found = (client, threading.Lock(), 0)
+            client, guard, users = found
+            cls._open[url] = (client, guard, users + 1)
+            return client, True, guard
+
+    @classmethod
+    def give_back(cls, url: str, client: QdrantClient) -> None:
+        if not url.startswith(_LOCAL_PATH_PREFIX):
+            client.close()
+            return
+        with cls._lock:
+            found = cls._open.get(url)
+            if found is None:
+                return
+            _, guard, users = found
+            if users > 1:
+                cls._open[url] = (client, guard, users - 1)
+                return
+            del cls._open[url]
+        client.close()
+
+
 class QdrantVectorStore:
     """The `VectorStore` over one qdrant-client collection, safe to share between threads."""
 
@@ -98,14 +145,11 @@ class QdrantVectorStore:
         self._payload_indexes = payload_indexes or _payload_indexes()
         self._dimension = dimension
         self._closed = False
-        self._client, self._local = _connect(url, api_key, timeout_s)
-        self._guard: AbstractContextManager[object] = (
-            threading.Lock() if self._local else nullcontext()
-        )
+        self._client, self._local, self._guard = _Shared.take(url, api_key, timeout_s)
         try:
             self._prepare_collection()
         except BaseException as exc:
-            self._client.close()
+            _Shared.give_back(url, self._client)
             if isinstance(exc, ResponseHandlingException | UnexpectedResponse):
                 raise VectorStoreError(
                     f"Qdrant at {redact_url(url)} failed to answer ({exc}); start it, check "
@@ -250,11 +294,68 @@ class QdrantVectorStore:
             )
         return result.count
 
+    def scroll(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        with_vectors: bool,
+        tenant: str | None = None,
+        document_ids: Sequence[str] | None = None,
+    ) -> tuple[list[ChunkPoint], str | None]:
+        conditions: list[models.Condition] = []
+        if tenant is not None:
+            conditions.append(_match("tenant", tenant))
+        if document_ids is not None:
+            conditions.append(
+                models.FieldCondition(
+                    key="document_id", match=models.MatchAny(any=list(document_ids))
+                )
+            )
+        with self._guard:
+            self._check_open()
+            records, following = self._client.scroll(
+                self._collection,
+                scroll_filter=models.Filter(must=conditions) if conditions else None,
+                limit=limit,
+                offset=after,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        points = [
+            point_from_record(r.id, _plain_vector(r.vector) if with_vectors else None, r.payload)
+            for r in records
+        ]
+        return points, str(following) if following is not None else None
+
+    def drop(self) -> None:
+        with self._guard:
+            if not self._closed:
+                self._client.delete_collection(self._collection)
+                self._closed = True
+                _Shared.give_back(self._url, self._client)
+
+    def point_alias(self, alias: str) -> None:
+        """Point `alias` at this collection in one request (a delete and a create), so that
+        a reader of the alias sees the old collection or the new one, never neither."""
+        actions: list[models.AliasOperations] = [
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)),
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=self._collection, alias_name=alias)
+            ),
+        ]
+        with self._guard:
+            self._check_open()
+            existing = {a.alias_name for a in self._client.get_aliases().aliases}
+            self._client.update_collection_aliases(
+                change_aliases_operations=actions if alias in existing else actions[1:]
+            )
+
     def close(self) -> None:
         with self._guard:
             if not self._closed:
                 self._closed = True
-                self._client.close()
+                _Shared.give_back(self._url, self._client)
 
 
 class QdrantQuestionIndex:
@@ -331,6 +432,13 @@ class QdrantQuestionIndex:
 
     def count(self, *, tenant: str | None = None) -> int:
         return self._store.count(tenant=tenant)
+
+    def sample(self, *, limit: int) -> list[tuple[str, list[float]]]:
+        points, _ = self._store.scroll(after=None, limit=limit, with_vectors=True)
+        return [(p.payload.tenant, list(p.vector)) for p in points if p.vector]
+
+    def drop(self) -> None:
+        self._store.drop()
 
     def close(self) -> None:
         self._store.close()

@@ -345,3 +345,60 @@ def test_concurrent_searches_and_upserts_stay_consistent(store: VectorStore) -> 
         assert counts == sorted(counts), "a count went backwards"
         # Each upsert lands whole: no reader sees part of a batch.
         assert all(c % batch == 0 for c in counts)
+
+
+def test_scroll_pages_through_every_point_once(store: VectorStore) -> None:
+    vectors = unit_vectors(45, seed=3)
+    store.upsert(
+        [chunk(v, tenant=("acme", "umbrella")[i % 2], chunk_index=i) for i, v in enumerate(vectors)]
+    )
+    seen: dict[str, ChunkPoint] = {}
+    after: str | None = None
+    pages = 0
+    while True:
+        page, after = store.scroll(after=after, limit=10, with_vectors=True)
+        pages += 1
+        for point in page:
+            assert point.id not in seen
+            seen[point.id] = point
+        if after is None:
+            break
+    assert pages == 5 and len(seen) == 45
+    # Each point comes back whole: payload and the vector written.
+    some = next(p for p in seen.values() if p.payload.chunk_index == 7)
+    assert np.allclose(some.vector, vectors[7], atol=1e-5)
+    bare, _ = store.scroll(after=None, limit=3, with_vectors=False)
+    assert all(not point.vector for point in bare)
+
+
+def test_scroll_can_be_kept_to_a_tenants_documents(store: VectorStore) -> None:
+    vectors = unit_vectors(12, seed=4)
+    store.upsert(
+        [
+            chunk(v, tenant=tenant, document_id=f"doc-{i % 3}", chunk_index=i)
+            for i, v in enumerate(vectors)
+            for tenant in ("acme", "umbrella")
+        ]
+    )
+    page, after = store.scroll(
+        after=None, limit=100, with_vectors=False, tenant="umbrella", document_ids=["doc-1"]
+    )
+    assert after is None
+    assert {(p.payload.tenant, p.payload.document_id) for p in page} == {("umbrella", "doc-1")}
+    assert len(page) == 4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_drop_deletes_the_collection(kind: str, tmp_path: Path) -> None:
+    opener = _opener(kind, tmp_path)
+    first = opener()
+    first.upsert([chunk(v, chunk_index=i) for i, v in enumerate(unit_vectors(5))])
+    first.drop()
+    with pytest.raises(VectorStoreError, match="closed"):
+        first.count()
+    if kind != "qdrant-memory":  # an in-memory store is gone with its client anyway
+        again = opener()
+        try:
+            assert again.count() == 0
+        finally:
+            again.close()
