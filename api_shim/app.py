@@ -7,8 +7,11 @@ route takes what it needs through `api_shim.deps`.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import redis.asyncio
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.trace import Span
@@ -18,11 +21,13 @@ from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
 from api_shim.instrumentation import RequestMetrics
 from api_shim.limits import BodyLimit
-from api_shim.routes import cache, documents, health, metrics, questions, usage
+from api_shim.notify import JobWatcher, LiveJobs
+from api_shim.routes import admin, cache, documents, health, metrics, questions, usage
 from rag.services import Services
 from rag.settings import Settings, get_settings
 from rag.telemetry.tracing import tag_span
 from tasks.base import trace_tasks
+from tasks.webhook import send_webhooks_from
 
 __all__ = ["create_app"]
 
@@ -39,15 +44,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "(development only; production refuses to start like this)"
         )
     docs = settings.serves_api_docs
+    # A client waits on the API, so Redis gets a shorter timeout here than in the workers.
+    deps = Deps(Services(settings, redis_timeout_s=5), resolver)
+    # Exact-cache hits, cancels and polls past the deadline finish jobs here.
+    send_webhooks_from(deps.services)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Long polls and event streams wait on the event loop, on Redis's asyncio client.
+        # A blocking pool: a thousand requests waking at once queue for its connections
+        # instead of failing.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            max_connections=64,
+            timeout=5,
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        watcher = JobWatcher(client)
+        await watcher.start()
+        deps.live = LiveJobs(client, watcher)
+        try:
+            yield
+        finally:
+            deps.live = None
+            await watcher.close()
+            await client.aclose()
+            await pool.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Scribes",
         version="0.1.0",
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    # A client waits on the API, so Redis gets a shorter timeout here than in the workers.
-    app.state.deps = Deps(Services(settings, redis_timeout_s=5), resolver)
+    app.state.deps = deps
     install_error_handlers(app, redis_url=settings.redis_url)
     if settings.metrics_enabled:
         app.add_middleware(RequestMetrics)
@@ -59,8 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_s=settings.api_body_timeout_s,
         max_concurrent=settings.api_max_concurrent_bodies,
     )
-    for module in (questions, documents, cache, health, metrics, usage):
+    for module in (questions, documents, cache, health, metrics, usage, admin):
         app.include_router(module.router)
+    app.include_router(questions.batch_router)
     if trace_tasks(settings, component="api"):
         # A span per request, continuing an incoming `traceparent`. Probes, scrapes and
         # polls get none: a client polling every 50 ms would start twenty one-span traces a

@@ -10,7 +10,7 @@ from api_shim.errors import ApiError
 from rag.keys import TENANT_PATTERN
 from rag.settings import Settings
 
-__all__ = ["DEFAULT_TENANT", "TenantResolver"]
+__all__ = ["DEFAULT_TENANT", "AdminCheck", "TenantResolver"]
 
 DEFAULT_TENANT = "default"
 GATEWAY_TENANT_HEADER = "x-scribes-tenant"
@@ -52,3 +52,28 @@ class TenantResolver:
 
 def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class AdminCheck:
+    """Operators' endpoints: a key from SCRIBES_ADMIN_KEYS, never a tenant's. With no keys
+    of either kind set (development's open access) anyone is the operator."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._keys = settings.admin_keys
+        self._open = not self._keys and not settings.api_keys and not settings.trust_gateway_tenant
+
+    def __call__(self, request: Request) -> None:
+        if self._open:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorized("missing admin key; send Authorization: Bearer <admin key>")
+        found = False
+        for key in self._keys:
+            found |= hmac.compare_digest(key.encode(), token.strip().encode())
+        if not found:
+            raise ApiError(
+                403,
+                "forbidden",
+                "this needs an operator's key from SCRIBES_ADMIN_KEYS; a tenant's key is not one",
+            )

@@ -68,7 +68,7 @@ def install_error_handlers(app: FastAPI, *, redis_url: str) -> None:
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=400)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

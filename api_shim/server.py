@@ -27,7 +27,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from api_shim.app import create_app
 from rag.settings import ConfigurationError, Settings, get_settings
 
-__all__ = ["TIMED_PROTOCOL", "TimedH11Protocol", "main", "serve", "uvicorn_options"]
+__all__ = [
+    "GRACEFUL_SHUTDOWN_S",
+    "TIMED_PROTOCOL",
+    "TimedH11Protocol",
+    "main",
+    "serve",
+    "uvicorn_options",
+]
+
+# Seconds a stopping API waits for requests in flight (long polls, event streams) to end.
+GRACEFUL_SHUTDOWN_S = 5
 
 # What uvicorn's `--http` option takes to use the protocol below.
 TIMED_PROTOCOL = "api_shim.server:TimedH11Protocol"
@@ -97,7 +107,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         (TimedH11Protocol,),
         {"header_timeout_s": settings.api_header_timeout_s, "__module__": __name__},
     )
-    return {"http": protocol}
+    # Long polls and event streams would hold a graceful shutdown for up to 30 s, or for
+    # ever: after this long they are cut (a client reconnects, an event stream from its
+    # Last-Event-ID), well inside a pool's 10 s soft shutdown and any stop timeout.
+    return {"http": protocol, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S}
 
 
 def serve(settings: Settings, *, host: str, port: int, access_log: bool = True) -> None:

@@ -19,10 +19,14 @@ _TITLE_MAX_CHARS = 300
 
 
 class InvalidInput(ValueError):
-    def __init__(self, code: str, message: str) -> None:
+    """`status` is the HTTP status the API answers with: 400 for bad content, 422 for a
+    field that is well formed but not acceptable here (a callback URL not allowed)."""
+
+    def __init__(self, code: str, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status
 
 
 def _has_control_characters(text: str) -> bool:

@@ -22,13 +22,13 @@ command exits 1, as its figures would be incomplete.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scribes.client import ApiFailure, ScribesClient
+from scribes.client import Scribes, ScribesError
 
 __all__ = [
     "EvalReport",
@@ -224,7 +224,7 @@ def _labelled(path: Path, number: int, line: str) -> LabelledQuestion:
     return LabelledQuestion(number, question, tuple(expected))
 
 
-def result_of_job(labelled: LabelledQuestion, job: dict[str, Any]) -> QuestionResult:
+def result_of_job(labelled: LabelledQuestion, job: Mapping[str, Any]) -> QuestionResult:
     """What a finished job (as the API shows it) says about one labelled question."""
     job_id = str(job.get("id") or "") or None
     if job.get("status") != "succeeded":
@@ -249,7 +249,7 @@ def result_of_job(labelled: LabelledQuestion, job: dict[str, Any]) -> QuestionRe
 
 
 def run_labelled_set(
-    client: ScribesClient,
+    client: Scribes,
     questions: Sequence[LabelledQuestion],
     *,
     top_k: int,
@@ -258,14 +258,14 @@ def run_labelled_set(
 ) -> EvalReport:
     """Ask every question, `concurrency` at a time, wait for each job, and score them.
 
-    An unreachable API or a refused key stops the run (ApiFailure); any other failure is
+    An unreachable API or a refused key stops the run (ScribesError); any other failure is
     that question's error.
     """
 
     def one(labelled: LabelledQuestion) -> QuestionResult:
         try:
-            job = client.ask(labelled.question, top_k=top_k, timeout_s=timeout_s)
-        except ApiFailure as exc:
+            job = client.ask(labelled.question, top_k=top_k, timeout_s=timeout_s).raw
+        except ScribesError as exc:
             if exc.code == "api_unreachable" or exc.status in _FATAL_STATUSES:
                 raise
             return QuestionResult(labelled, None, error=exc.message)
@@ -276,7 +276,7 @@ def run_labelled_set(
         try:
             for future in as_completed(futures):
                 future.result()
-        except ApiFailure:
+        except ScribesError:
             pool.shutdown(cancel_futures=True)
             raise
     return EvalReport(top_k=top_k, results=tuple(future.result() for future in futures))

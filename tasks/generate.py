@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -30,7 +30,13 @@ from rag.records.jobs import JobRecord, JobStore, Stage
 from rag.services import process_services
 from rag.telemetry.metrics import observe_llm_call
 from rag.types import Answer, Failure, Usage
-from rag.writers.base import AnswerWriter, PermanentLLMError, TransientLLMError
+from rag.writers.base import (
+    Abandoned,
+    AnswerWriter,
+    CallAbandoned,
+    PermanentLLMError,
+    TransientLLMError,
+)
 from rag.writers.extractive import ExtractiveWriter
 from tasks.base import ScribesTask, scribes_task
 from tasks.names import TaskName
@@ -70,8 +76,14 @@ def write_answer(
     breaker: Breaker | None = None,
     fallback: AnswerWriter | None = None,
     budgets: Budgets | None = None,
+    spent_on_cancelled: SpendRecorder | None = None,
 ) -> bool:
     """Write, finish and cache the job's answer; False when the job is not ours to move.
+
+    A writer that streams hands the job's event stream the answer's text as the leak filter
+    clears it. A job cancelled meanwhile has its model call abandoned at the next piece the
+    model writes: no answer is written, and what the call spent goes to
+    `spent_on_cancelled` (the usage ledger).
 
     `breaker` guards `writer` (None: the writer needs no guard, as the extractive one).
     `budgets` are checked before the model is called: a spent budget fails the job
@@ -93,10 +105,26 @@ def write_answer(
     if spent is not None:
         drafted = compose_answer(job.question, job.passages, ExtractiveWriter())
         answer = replace(drafted, degraded=True, usage=Usage())
-    elif breaker is None:
-        answer = compose_answer(job.question, job.passages, writer)
     else:
-        answer = _guarded_answer(job, jobs=jobs, writer=writer, breaker=breaker, fallback=fallback)
+        stream = _AnswerStream(jobs, job_id)
+        try:
+            if breaker is None:
+                answer = compose_answer(
+                    job.question,
+                    job.passages,
+                    writer,
+                    on_answer_text=stream.text,
+                    keep_going=stream.keep_going,
+                )
+            else:
+                answer = _guarded_answer(
+                    job, jobs=jobs, writer=writer, breaker=breaker, fallback=fallback, stream=stream
+                )
+        except CallAbandoned as exc:
+            log.info("job %s was cancelled; its model call was abandoned", job_id)
+            if spent_on_cancelled is not None:
+                spent_on_cancelled(job, exc.spent, exc.model)
+            return True
     succeeded = jobs.succeed(job_id, answer, last_stage=Stage.GENERATE)
     if succeeded and answer.cacheable and job.cache_mode.writes:
         answers.put(job.answer_cache_key, answer)
@@ -110,6 +138,7 @@ def _guarded_answer(
     writer: AnswerWriter,
     breaker: Breaker,
     fallback: AnswerWriter | None,
+    stream: _AnswerStream,
 ) -> Answer:
     """The answer from one model call under the job's call claim and the breaker's permit.
 
@@ -127,7 +156,18 @@ def _guarded_answer(
         model = str(getattr(writer, "model", "") or "unknown")
         started = time.perf_counter()
         try:
-            answer = compose_answer(job.question, job.passages, writer)
+            answer = compose_answer(
+                job.question,
+                job.passages,
+                writer,
+                on_answer_text=stream.text,
+                keep_going=stream.keep_going,
+            )
+        except CallAbandoned:
+            # The model was answering; the job's client stopped listening.
+            observe_llm_call(model, "abandoned", time.perf_counter() - started)
+            breaker.succeeded(permit)
+            raise
         except TransientLLMError as exc:
             observe_llm_call(model, "transient_error", time.perf_counter() - started)
             if breaker.failed(permit, retry_after=exc.retry_after) is not BreakerState.CLOSED:
@@ -142,6 +182,33 @@ def _guarded_answer(
     observe_llm_call(answer.model or model, "ok", time.perf_counter() - started)
     breaker.succeeded(permit)
     return answer
+
+
+SpendRecorder = Callable[[JobRecord, Usage, str], None]
+
+
+class _AnswerStream:
+    """The answer's cleared text onto the job's event stream, and the cancel check."""
+
+    # How often the model's pieces look at the job's status; a cancel waits at most this.
+    CHECK_EVERY_S = 0.1
+
+    def __init__(self, jobs: JobStore, job_id: str) -> None:
+        self._jobs = jobs
+        self._job_id = job_id
+        self._checked = time.monotonic()
+
+    def text(self, cleared: str) -> None:
+        if not self._jobs.add_text(self._job_id, cleared):
+            raise Abandoned()
+
+    def keep_going(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.CHECK_EVERY_S:
+            return
+        self._checked = now
+        if not self._jobs.is_running(self._job_id):
+            raise Abandoned()
 
 
 @contextmanager
@@ -190,6 +257,7 @@ def generate_answer(self: ScribesTask, *, job_id: str) -> None:
             breaker=services.llm_breaker if guarded else None,
             fallback=services.fallback_writer,
             budgets=services.budgets if guarded else None,
+            spent_on_cancelled=services.abandoned_call,
         )
     except CircuitOpen as exc:
         # A little jitter, so that the jobs waiting on one probe do not all come back at once.

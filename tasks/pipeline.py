@@ -1,9 +1,11 @@
-"""How work is enqueued: the question chain, document indexing and purges. Ids, never objects."""
+"""How work is enqueued: questions (waiting for one embed task, then each job's retrieve →
+generate chain), document indexing and purges. Ids, never objects."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,12 +13,12 @@ from celery import chain
 
 from rag.records.documents import DocumentRecord, DocumentRegistry, DocumentStatus
 from rag.records.jobs import JobStore, Stage
-from rag.records.pending import PendingQuestions
+from rag.records.pending import PendingQuestions, WaitingQuestion
 from rag.records.staging import ChunkStaging
 from rag.telemetry.tracing import continued_trace, inject_trace, tag_span, tracer
 from tasks.app import app
 from tasks.context import REQUEST_ID_HEADER, TENANT_HEADER
-from tasks.embed import embed_query
+from tasks.embed import embed_pending, embed_query
 from tasks.generate import generate_answer
 from tasks.index import index_document
 from tasks.retrieve import retrieve_context
@@ -27,9 +29,11 @@ __all__ = [
     "enqueue_document",
     "enqueue_forget_questions",
     "enqueue_purge",
-    "enqueue_question",
+    "enqueue_questions",
     "requeue_stalled",
     "requeue_stalled_documents",
+    "schedule_embedding",
+    "send_on_to_retrieve",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,23 +46,29 @@ _STEPS = (embed_query, retrieve_context, generate_answer)
 _FIRST_STEP = {Stage.QUEUED: 0, Stage.EMBED: 0, Stage.RETRIEVE: 1, Stage.GENERATE: 2}
 
 
-def enqueue_question(
-    job_id: str,
+def enqueue_questions(
+    job_ids: Sequence[str],
     *,
-    tenant: str,
-    request_id: str | None,
-    deadline_s: int,
     pending: PendingQuestions,
 ) -> None:
-    """embed → retrieve → generate; a step not started by the deadline is dropped."""
-    pending.add(job_id)
-    _enqueue_steps(
-        job_id,
-        Stage.QUEUED,
-        tenant=tenant,
-        request_id=request_id,
-        expires=datetime.now(UTC) + timedelta(seconds=deadline_s),
-    )
+    """Put the jobs among the questions waiting for their vector and make sure an embed
+    task is on its way for them: it embeds all that wait at once, then sends each job on
+    to retrieve → generate (`tasks.embed.embed_pending`)."""
+    if not job_ids:
+        return
+    pending.add_many(job_ids)
+    schedule_embedding(pending)
+
+
+def schedule_embedding(pending: PendingQuestions) -> None:
+    """Send `scribes.embed.pending` unless one is already on its way."""
+    if not pending.schedule():
+        return
+    try:
+        embed_pending.apply_async()
+    except Exception:
+        pending.unschedule()  # the next submit tries again
+        raise
 
 
 def _enqueue_steps(
@@ -73,6 +83,32 @@ def _enqueue_steps(
     options: dict[str, Any] = {"expires": expires, "headers": headers}
     steps = _STEPS[_FIRST_STEP[stage] :]
     chain(*(step.si(job_id=job_id).set(**options) for step in steps)).apply_async()
+
+
+def send_on_to_retrieve(
+    jobs: JobStore, waiting: Sequence[WaitingQuestion], *, deadline_s: int
+) -> None:
+    """retrieve → generate for jobs another job's embed task embedded; then mark them, so
+    that their own embed tasks stop. Sent first: a task that dies between the two leaves a
+    job sent on twice at worst (its stages repeat safely), never a job sent on by nobody."""
+    for job in waiting:
+        expires = datetime.fromtimestamp(job.created_at + deadline_s, UTC)
+        # Back in the job's own trace, under the request that asked it: one span for the
+        # job's part of the batch, over its retrieve publish.
+        with (
+            continued_trace(job.traceparent),
+            tracer.start_as_current_span("embed question") as span,
+        ):
+            tag_span(job_id=job.job_id, tenant=job.tenant, request_id=job.request_id, span=span)
+            span.set_attribute("scribes.batch_size", len(waiting))
+            _enqueue_steps(
+                job.job_id,
+                Stage.RETRIEVE,
+                tenant=job.tenant,
+                request_id=job.request_id,
+                expires=expires,
+            )
+    jobs.handed_on([job.job_id for job in waiting])
 
 
 def requeue_stalled_documents(
@@ -126,18 +162,23 @@ def requeue_stalled(jobs: JobStore, *, stall_s: float, deadline_s: int) -> list[
             jobs.forget(job_id)  # nothing to do, or the next poll fails it
             continue
         expires = datetime.fromtimestamp(job.created_at + deadline_s, UTC)
+        stage = job.stage
+        if stage in (Stage.QUEUED, Stage.EMBED) and job.query_vector is not None:
+            # Embedded already, in a batch whose task sent it on (and marked it so): it is
+            # its retrieve message that was lost. Its own embed task would stop at the mark.
+            stage = Stage.RETRIEVE
         # Back into the job's own trace, under the API request that created it.
         with (
             continued_trace(job.traceparent),
             tracer.start_as_current_span("requeue stalled job") as span,
         ):
             tag_span(job_id=job_id, tenant=job.tenant, request_id=job.request_id, span=span)
-            span.set_attribute("scribes.stage", job.stage.value)
+            span.set_attribute("scribes.stage", stage.value)
             _enqueue_steps(
-                job_id, job.stage, tenant=job.tenant, request_id=job.request_id, expires=expires
+                job_id, stage, tenant=job.tenant, request_id=job.request_id, expires=expires
             )
         jobs.touch(job_id)
-        log.warning("job %s made no progress at stage %s; enqueued it again", job_id, job.stage)
+        log.warning("job %s made no progress at stage %s; enqueued it again", job_id, stage)
         requeued.append(job_id)
     return requeued
 

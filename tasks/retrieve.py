@@ -3,6 +3,9 @@ answer at once when none is relevant."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import replace
 from enum import StrEnum
 
 from celery.exceptions import Ignore
@@ -11,7 +14,7 @@ from rag.answering import no_context_answer
 from rag.caches.answers import AnswerCache
 from rag.caches.contexts import ContextCache
 from rag.caches.semantic import SemanticCache
-from rag.embedding import decode_vector
+from rag.embedding import decode_vector, encode_vectors
 from rag.records.documents import DocumentRegistry
 from rag.records.jobs import JobRecord, JobStore, SemanticSource, Stage
 from rag.retrieval import retrieve_passages
@@ -24,6 +27,8 @@ from tasks.base import ScribesTask, scribes_task, stop_chain
 from tasks.names import TaskName
 
 __all__ = ["Retrieved", "find_passages", "retrieve_context"]
+
+log = logging.getLogger(__name__)
 
 
 class Retrieved(StrEnum):
@@ -43,15 +48,27 @@ def find_passages(
     score_threshold: float,
     contexts: ContextCache | None = None,
     semantic: SemanticCache | None = None,
+    model: str | None = None,
+    reembed: Callable[[str], str] | None = None,
 ) -> Retrieved:
     """Answer the job from `semantic` when an earlier question of its tenant may share its
     answer; else find its passages (from `contexts` when the same search ran within the
-    hour at the tenant's current corpus version) and hand them to generate."""
+    hour at the tenant's current corpus version) and hand them to generate.
+
+    `store` and `semantic` are of one generation of the store, whose vectors `model` made: a
+    job embedded by another model (the store switched to a new one since) is embedded again
+    with `reembed`, never searched with a vector of the wrong model.
+    """
     if not jobs.start_stage(job_id, Stage.RETRIEVE):
         return Retrieved.SKIPPED
     job = jobs.get(job_id)
     if job is None or job.query_vector is None:
         return Retrieved.SKIPPED
+    if model is not None and reembed is not None and job.query_model not in (None, model):
+        log.info("job %s was embedded by %s, the store holds %s", job_id, job.query_model, model)
+        job = replace(job, query_vector=reembed(job.question), query_model=model)
+    query_vector = job.query_vector
+    assert query_vector is not None
     mode = job.cache_mode
     version = None
     if semantic is not None and mode.writes:
@@ -63,7 +80,7 @@ def find_passages(
     if contexts is not None and mode.writes:
         lookup = contexts.lookup(
             tenant=job.tenant,
-            query_vector=job.query_vector,
+            query_vector=query_vector,
             top_k=job.top_k,
             score_threshold=score_threshold,
         )
@@ -88,7 +105,7 @@ def find_passages(
         semantic.remember(
             tenant=job.tenant,
             question=job.question,
-            vector=decode_vector(job.query_vector).tolist(),
+            vector=decode_vector(query_vector).tolist(),
             top_k=job.top_k,
             corpus_version=version,
             answer_key=job.answer_cache_key,
@@ -165,15 +182,23 @@ def _search(
 @scribes_task(TaskName.RETRIEVE_CONTEXT, soft_time_limit=30, time_limit=60)
 def retrieve_context(self: ScribesTask, *, job_id: str) -> None:
     services = process_services()
+    # One read of the live generation: the store, its questions and its model go together.
+    live = services.live()
+
+    def reembed(question: str) -> str:
+        return encode_vectors(services.embedder(live).embed([question])[0])
+
     outcome = find_passages(
         job_id,
         jobs=services.jobs,
-        store=services.vector_store(),
+        store=services.vector_store(live),
         documents=services.documents,
         answers=services.answers,
         score_threshold=services.settings.score_threshold,
         contexts=services.contexts,
-        semantic=services.semantic,
+        semantic=services.semantic(live),
+        model=live.model,
+        reembed=reembed,
     )
     if outcome is Retrieved.SKIPPED:
         raise Ignore()

@@ -3,22 +3,38 @@
 Tests start it in a background thread and inspect what it received; `python -m
 tests.fake_anthropic --port N` runs it on its own and prints its URL. Its answers are
 deterministic: they quote the first sentence of the first two <passage> blocks it is sent.
+
+A request with `"stream": true` is answered with server-sent events in the order the real
+API sends them (message_start, content_block_start, ping, content_block_delta per piece of
+a few words, content_block_stop, message_delta, message_stop); an error before the stream
+starts is an ordinary JSON error response, as the real API's is.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import itertools
 import json
 import re
+import select
+import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
 
-__all__ = ["DEFAULT_API_KEY", "MESSAGE_ID", "FakeAnthropic", "RecordedCall", "main"]
+__all__ = [
+    "DEFAULT_API_KEY",
+    "MESSAGE_ID",
+    "FakeAnthropic",
+    "RecordedCall",
+    "main",
+    "stream_pieces",
+]
 
 DEFAULT_API_KEY = "sk-ant-fake-scribes"
 MESSAGE_ID = "msg_01FakeScribes0000000000"
@@ -37,17 +53,29 @@ _ERROR_TYPES = {
 _PASSAGE = re.compile(r'<passage number="(\d+)"[^>]*>(.*?)</passage>', re.DOTALL)
 _QUESTION = re.compile(r"<question>(.*?)</question>", re.DOTALL)
 _FIRST_SENTENCE = re.compile(r".*?[.!?](?=\s|$)", re.DOTALL)
+_WORD_START = re.compile(r"(?<!\S)\S")
+# Words per content_block_delta: small pieces, as a model's text arrives.
+_WORDS_PER_PIECE = 3
 
 
 @dataclass(frozen=True)
 class RecordedCall:
-    """One request as received (headers lower-cased) and the JSON the fake answered with."""
+    """One request as received (headers lower-cased) and the JSON the fake answered with.
+
+    A streamed answer is recorded once its stream ends, with `response` the message its
+    events add up to; `pieces_sent` counts its text deltas written, `completed` says
+    whether message_stop was, and `disconnected` whether the client hung up first.
+    """
 
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
     status: int
     response: dict[str, Any]
+    streamed: bool = False
+    pieces_sent: int = 0
+    completed: bool = True
+    disconnected: bool = False
 
     @property
     def api_key(self) -> str | None:
@@ -70,6 +98,9 @@ class _State:
     calls: list[RecordedCall] = field(default_factory=list)
     failures: deque[_Failure] = field(default_factory=deque)
     delay_s: float = 0.0
+    stream_delay_s: float = 0.0
+    stream_breaks: deque[tuple[int, int]] = field(default_factory=deque)
+    answer: str | None = None
     down_status: int | None = None
     received: int = 0
     cached_prefixes: set[tuple[str, str]] = field(default_factory=set)
@@ -116,11 +147,14 @@ class FakeAnthropic:
             return self._state.received
 
     def reset(self) -> None:
-        """Forget calls, scripted failures, the delay and the prompt cache."""
+        """Forget calls, scripted failures and answers, the delays and the prompt cache."""
         with self._state.lock:
             self._state.calls.clear()
             self._state.failures.clear()
             self._state.delay_s = 0.0
+            self._state.stream_delay_s = 0.0
+            self._state.stream_breaks.clear()
+            self._state.answer = None
             self._state.down_status = None
             self._state.cached_prefixes.clear()
 
@@ -138,6 +172,31 @@ class FakeAnthropic:
         """Hold every following response for `seconds` (0 to stop) before answering."""
         with self._state.lock:
             self._state.delay_s = seconds
+
+    def stream_delay(self, seconds: float) -> None:
+        """Wait `seconds` before each text delta of a streamed answer (0: none)."""
+        with self._state.lock:
+            self._state.stream_delay_s = seconds
+
+    def break_next_stream(self, after_pieces: int, status: int = 529) -> None:
+        """End the next streamed answer after `after_pieces` deltas with an `error` event
+        of `status`'s type, as the API does when it is overloaded mid-answer."""
+        with self._state.lock:
+            self._state.stream_breaks.append((after_pieces, status))
+
+    def answer_with(self, text: str | None) -> None:
+        """Answer every following request with `text` (None: quote the passages again)."""
+        with self._state.lock:
+            self._state.answer = text
+
+    def wait_calls(self, count: int, *, timeout_s: float = 5.0) -> list[RecordedCall]:
+        """`calls` once it holds `count` calls; a stream is recorded only when it ends."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            calls = self.calls
+            if len(calls) >= count or time.monotonic() >= deadline:
+                return calls
+            time.sleep(0.01)
 
     def start(self) -> FakeAnthropic:
         self._thread = threading.Thread(
@@ -169,8 +228,13 @@ class FakeAnthropic:
 
     def _respond(
         self, path: str, headers: dict[str, str], raw: bytes
-    ) -> tuple[int, dict[str, str], dict[str, Any]]:
-        """Decide the answer to one request and record it; runs on a handler thread."""
+    ) -> tuple[int, dict[str, str], dict[str, Any], dict[str, Any] | None]:
+        """Decide the answer to one request; runs on a handler thread.
+
+        Returns the status, extra headers, the JSON answer, and the request's body when the
+        answer is to be streamed (recorded by the handler when the stream ends); any other
+        answer is recorded here.
+        """
         body: dict[str, Any] = {}
         try:
             parsed = json.loads(raw or b"{}")
@@ -201,14 +265,23 @@ class FakeAnthropic:
             status, payload = 400, _error(400, "anthropic-version header is required")
         elif problem := _invalid(body):
             status, payload = 400, _error(400, problem)
-        elif body.get("stream"):
-            status, payload = 400, _error(400, "this fake does not stream")
         else:
             status, payload = 200, self._message(body)
 
+        if status == 200 and body.get("stream") is True:
+            return status, extra, payload, body
+        self._record(RecordedCall(path, headers, body, status, payload))
+        return status, extra, payload, None
+
+    def _record(self, call: RecordedCall) -> None:
         with self._state.lock:
-            self._state.calls.append(RecordedCall(path, headers, body, status, payload))
-        return status, extra, payload
+            self._state.calls.append(call)
+
+    def _stream_plan(self) -> tuple[float, tuple[int, int] | None]:
+        """The delay before each delta, and where and how the next stream breaks, if it does."""
+        with self._state.lock:
+            broken = self._state.stream_breaks.popleft() if self._state.stream_breaks else None
+            return self._state.stream_delay_s, broken
 
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
         system_blocks = _system_blocks(body.get("system"))
@@ -218,7 +291,10 @@ class FakeAnthropic:
 
         question = _QUESTION.search(user_text)
         asked = html.unescape(question.group(1) if question else user_text)
-        answer = system_text if LEAK_TRIGGER in asked.lower() else _answer(user_text)
+        with self._state.lock:
+            answer = self._state.answer
+        if answer is None:
+            answer = system_text if LEAK_TRIGGER in asked.lower() else _answer(user_text)
 
         # Prompt caching as Anthropic bills it: the prefix up to the last block marked with
         # cache_control is written once, read afterwards, and not counted in input_tokens.
@@ -262,7 +338,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, extra, payload = fake._respond(self.path.split("?")[0], headers, raw)
+        path = self.path.split("?")[0]
+        status, extra, payload, streamed = fake._respond(path, headers, raw)
+        if streamed is not None:
+            self._stream(fake, path, headers, streamed, payload)
+            return
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)
@@ -275,6 +355,87 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up waiting (a timeout test); nothing to tell it
+
+    def _stream(
+        self,
+        fake: FakeAnthropic,
+        path: str,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        message: dict[str, Any],
+    ) -> None:
+        """Send `message` as the API's event stream; record the call when the stream ends."""
+        delay_s, broken = fake._stream_plan()
+        text = message["content"][0]["text"]
+        usage = message["usage"]
+        pieces = stream_pieces(text)
+        sent = 0
+        completed = disconnected = False
+        try:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream; charset=utf-8")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("request-id", f"req_fake_{len(fake.calls):04d}")
+            self.end_headers()
+            # The real stream reports output_tokens 1 at the start, the total in message_delta.
+            start = {**message, "content": [], "stop_reason": None}
+            start["usage"] = {**usage, "output_tokens": 1}
+            self._event("message_start", {"message": start})
+            block = {"type": "text", "text": ""}
+            self._event("content_block_start", {"index": 0, "content_block": block})
+            self._event("ping", {})
+            for piece in pieces:
+                if broken is not None and sent == broken[0]:
+                    self._event("error", _error(broken[1], "scripted failure mid-stream"))
+                    break
+                if delay_s:
+                    fake._stopping.wait(delay_s)
+                if self._client_left():
+                    disconnected = True
+                    break
+                delta = {"type": "text_delta", "text": piece}
+                self._event("content_block_delta", {"index": 0, "delta": delta})
+                sent += 1
+            else:
+                self._event("content_block_stop", {"index": 0})
+                stop = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+                self._event(
+                    "message_delta",
+                    {"delta": stop, "usage": {"output_tokens": usage["output_tokens"]}},
+                )
+                self._event("message_stop", {})
+                completed = True
+        except (BrokenPipeError, ConnectionResetError):
+            disconnected = True
+        fake._record(
+            RecordedCall(
+                path,
+                headers,
+                body,
+                200,
+                message,
+                streamed=True,
+                pieces_sent=sent,
+                completed=completed,
+                disconnected=disconnected,
+            )
+        )
+
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        payload = json.dumps({"type": kind, **data})
+        self.wfile.write(f"event: {kind}\ndata: {payload}\n\n".encode())
+
+    def _client_left(self) -> bool:
+        """Whether the client closed its end: it sends nothing more on this connection, so
+        a readable socket means end of file (or a reset)."""
+        connection = cast(socket.socket, self.connection)
+        readable, _, _ = select.select([connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output quiet
@@ -336,6 +497,13 @@ def _answer(user_text: str) -> str:
         lead = "Based on your notes," if index == 0 else "Also,"
         parts.append(f"{lead} {sentence} [{number}]")
     return " ".join(parts)
+
+
+def stream_pieces(text: str) -> list[str]:
+    """`text` in pieces of a few words each, the whitespace kept: they join back to `text`."""
+    starts = [m.start() for m in _WORD_START.finditer(text)][_WORDS_PER_PIECE::_WORDS_PER_PIECE]
+    bounds = [0, *starts, len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,10 +7,11 @@ import logging
 from typing import Any
 
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from api_shim.deps import AppDeps, Tenant
+from api_shim.deps import AppDeps, Deps, Tenant
 from api_shim.errors import ApiError
 from api_shim.views import document_view
 from rag.types import Failure
@@ -33,7 +34,19 @@ class DocumentIn(BaseModel):
 
 
 @router.post("", status_code=202)
-def submit_document(body: DocumentIn, tenant: Tenant, deps: AppDeps) -> dict[str, Any]:
+def submit_document(
+    body: DocumentIn, tenant: Tenant, deps: AppDeps, request: Request
+) -> JSONResponse:
+    # A repeat under the same Idempotency-Key gets the first response: no second revision.
+    return deps.idempotency.respond(
+        request,
+        tenant,
+        body.model_dump(mode="json"),
+        lambda: JSONResponse(_submit(body, tenant, deps), status_code=202),
+    )
+
+
+def _submit(body: DocumentIn, tenant: str, deps: Deps) -> dict[str, Any]:
     documents = deps.services.documents
     # Validated before an id is derived: hashing encodes the text, which must be valid first.
     validate_document(

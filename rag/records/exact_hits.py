@@ -27,18 +27,21 @@ from rag.keys import (
     usage_day_key,
     usage_recorded_key,
     usage_tenants_key,
+    webhook_outbox_key,
 )
 from rag.records.jobs import JobRecord, JobStore
 from rag.records.usage import DAY_TTL_S, RECORDED_TTL_S, day_of, month_of
 from rag.settings import Settings
 from rag.types import Answer, Usage
+from rag.webhooks import WebhookState, WebhookStatus
 
 __all__ = ["ExactHits", "ExactLookup"]
 
 # The no-context flag is found as text, not by decoding the answer (cjson took most of the
 # script's 107 us on a 4.5 kB answer): json.dumps writes the key as `"no_context": true`, and
 # a quote inside any string value is escaped, so only the key itself can match.
-# KEYS: corpus version, job record, usage day, month's tenants, usage marker.
+# A hit with a callback URL enters the webhook outbox, due now, in the same write.
+# KEYS: corpus version, job record, usage day, month's tenants, usage marker, webhook outbox.
 # ARGV: key prefix, normalised question, fingerprint, serve ('1' to read), job ttl,
 # usage ttl, marker ttl, tenant, then the job record's field pairs.
 _SERVE = """
@@ -49,6 +52,9 @@ local raw = redis.call('GET', key)
 if not raw then return {version, key, false} end
 redis.call('HSET', KEYS[2], 'cached_answer', raw, unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+if redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then
+  redis.call('ZADD', KEYS[6], redis.call('TIME')[1], redis.call('HGET', KEYS[2], 'id'))
+end
 if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[7]) then
   redis.call('HINCRBY', KEYS[3], 'questions', 1)
   redis.call('HINCRBY', KEYS[3], 'cache:exact', 1)
@@ -88,10 +94,14 @@ class ExactHits:
         top_k: int,
         request_id: str | None,
         reads: bool,
+        callback_url: str | None = None,
     ) -> ExactLookup:
         record, fields = self._jobs.born_finished(
             job_id=job_id, tenant=tenant, question=question, top_k=top_k, request_id=request_id
         )
+        if callback_url:
+            record = replace(record, callback_url=callback_url)
+            fields["callback_url"] = callback_url
         now = time.time()
         args: list[str | int | float] = [
             answer_cache_prefix(tenant),
@@ -112,6 +122,7 @@ class ExactHits:
                 usage_day_key(tenant, day_of(now).isoformat()),
                 usage_tenants_key(month_of(now)),
                 usage_recorded_key(job_id),
+                webhook_outbox_key(),
             ],
             args=args,
         )
@@ -119,6 +130,7 @@ class ExactHits:
             return ExactLookup(str(key), int(version), None)
         # The cached answer cost nothing this time; the original job paid for it.
         answer = replace(Answer.from_json(json.loads(raw)), usage=Usage())
-        job = replace(record, answer=answer)
+        webhook = WebhookStatus(callback_url, WebhookState.PENDING) if callback_url else None
+        job = replace(record, answer=answer, webhook=webhook)
         self._jobs.finished_from_cache(job, ledgered=True)
         return ExactLookup(str(key), int(version), job)

@@ -1,4 +1,12 @@
-"""The job record: one Redis hash per question, moved forward only, read by polling."""
+"""The job record: one Redis hash per question, moved forward only, and its event stream.
+
+Every move that a client may want to see (a stage starting, a note, the end) appends an
+event to the job's Redis stream in the same script that moves the record, and publishes the
+stream's name on the channel of the same name. The API's long polls and server-sent events
+wait on that channel (`api_shim.notify`) instead of reading the record in a loop, and read
+the stream from where a client left off. The generate stage adds the answer's text to the
+stream as the model writes it (`JobStore.add_text`).
+"""
 
 from __future__ import annotations
 
@@ -14,22 +22,33 @@ from typing import Any
 from redis import Redis
 
 from rag.caches.control import CacheMode
-from rag.keys import active_jobs_key, delivery_count_key, job_key
+from rag.keys import (
+    active_jobs_key,
+    delivery_count_key,
+    job_events_key,
+    job_key,
+    webhook_outbox_key,
+)
 from rag.quality import Quality
 from rag.types import Answer, Failure, Passage, Usage
+from rag.webhooks import WebhookStatus
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EVENTS_MAXLEN",
     "FINISHED",
+    "JobEvent",
     "JobFinished",
     "JobRecord",
     "JobStatus",
     "JobStore",
     "SemanticSource",
     "Stage",
+    "decode_job",
     "lua_is_finished",
     "new_job_id",
+    "read_events",
 ]
 
 
@@ -38,13 +57,15 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Stopped by its client (DELETE /v1/questions/{id}); no stage starts after it.
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         return self in FINISHED
 
 
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def lua_is_finished(variable: str) -> str:
@@ -66,24 +87,55 @@ class Stage(StrEnum):
 
 _STAGE_ORDER = (Stage.QUEUED, Stage.EMBED, Stage.RETRIEVE, Stage.GENERATE, Stage.DONE)
 
+# The most events a job's stream keeps (about: MAXLEN ~). A job has a handful of stage
+# events and one text event per sentence the model writes.
+EVENTS_MAXLEN = 2000
+
 # Moves a job forward only: a redelivered task may repeat its own stage, never go back,
-# and nothing changes a finished job. One round trip, atomic.
-# KEYS: the record, the active-jobs index. ARGV: rank, ttl, now, job id, then field pairs.
+# and nothing changes a finished job. One round trip, atomic. An event (ARGV[5], with its
+# JSON in ARGV[6]) goes on the job's stream and channel with the move; a stage event only
+# when the stage changed, so that a redelivery repeats none.
+# A job with a callback URL enters the webhook outbox, due now, in the write that finishes
+# it: a process that dies before it sends the delivery task leaves it there for the sweep.
+# KEYS: the record, the active-jobs index, the event stream, the webhook outbox.
+# ARGV: rank, ttl, now, job id, event kind or '', event JSON, then field pairs.
 _ADVANCE = f"""
 local rank = redis.call('HGET', KEYS[1], 'stage_rank')
 if not rank then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if {lua_is_finished("status")} then return 0 end
 if tonumber(ARGV[1]) < tonumber(rank) then return 0 end
-redis.call('HSET', KEYS[1], 'stage_rank', ARGV[1], unpack(ARGV, 5))
+local before = redis.call('HGET', KEYS[1], 'stage')
+redis.call('HSET', KEYS[1], 'stage_rank', ARGV[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[5] ~= '' and (ARGV[5] ~= 'stage' or redis.call('HGET', KEYS[1], 'stage') ~= before) then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', ARGV[5], ARGV[6])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  redis.call('PUBLISH', KEYS[3], ARGV[5])
+end
 status = redis.call('HGET', KEYS[1], 'status')
 if {lua_is_finished("status")} then
   redis.call('ZREM', KEYS[2], ARGV[4])
-  -- What the finish hook reports: the job's tenant and when it was asked.
-  return redis.call('HMGET', KEYS[1], 'tenant', 'created_at')
+  local callback = redis.call('HGET', KEYS[1], 'callback_url')
+  if callback and callback ~= '' then
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+  end
+  -- What the finish hook reports: the job's tenant, when it was asked, its callback.
+  return redis.call('HMGET', KEYS[1], 'tenant', 'created_at', 'callback_url')
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+# Text the model has written, for a job still running: 1 if added, 0 if the job has
+# finished (cancelled, most likely) or is gone. KEYS: the record, the stream.
+# ARGV: the event's JSON, ttl.
+_ADD_TEXT = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or {lua_is_finished("status")} then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'text', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[2], 'text')
 return 1
 """
 
@@ -138,7 +190,16 @@ class JobRecord:
     note: str | None = None
     stamps: dict[str, float] = field(default_factory=dict)
     query_vector: str | None = None
+    # The model that made `query_vector`; None on a record written before models were named.
+    query_model: str | None = None
     passages: tuple[Passage, ...] = ()
+    # Where the finished job is POSTed (`rag.webhooks`); None when nobody asked.
+    callback_url: str | None = None
+    # Embedded in another job's batch, whose task then sent this one on to retrieve: the
+    # job's own embed task has nothing left to do (`tasks.embed`).
+    handed_on: bool = False
+    # Its deliveries so far and their state; None without a callback_url.
+    webhook: WebhookStatus | None = None
 
     @property
     def finished(self) -> bool:
@@ -163,7 +224,8 @@ class JobRecord:
         return out
 
 
-def _decode(raw: dict[str, str]) -> JobRecord:
+def decode_job(raw: dict[str, str]) -> JobRecord:
+    """A record from its hash as HGETALL returns it (decoded responses)."""
     stamps = {k: float(v) for k, v in raw.items() if k.endswith("_at") and k != "created_at"}
     return JobRecord(
         id=raw["id"],
@@ -189,7 +251,11 @@ def _decode(raw: dict[str, str]) -> JobRecord:
         note=raw.get("note") or None,
         stamps=stamps,
         query_vector=raw.get("query_vector"),
+        query_model=raw.get("query_model") or None,
         passages=tuple(Passage.from_json(p) for p in json.loads(raw.get("passages", "[]"))),
+        callback_url=raw.get("callback_url") or None,
+        handed_on=raw.get("handed_on") == "1",
+        webhook=WebhookStatus.of_fields(raw),
     )
 
 
@@ -213,6 +279,27 @@ def _answer_of(raw: dict[str, str]) -> Answer | None:
 
 
 @dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One entry of a job's event stream: `id` is the stream's (what SSE's Last-Event-ID
+    names), `kind` is stage, note, text or done, `data` its JSON object."""
+
+    id: str
+    kind: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of_entry(cls, entry_id: str, fields: dict[str, str]) -> JobEvent:
+        [(kind, raw)] = fields.items()
+        data = json.loads(raw)
+        return cls(entry_id, kind, data if isinstance(data, dict) else {})
+
+
+def read_events(entries: Sequence[tuple[str, dict[str, str]]]) -> list[JobEvent]:
+    """Events from XRANGE's reply (decoded responses)."""
+    return [JobEvent.of_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+@dataclass(frozen=True, slots=True)
 class JobFinished:
     """A job has just finished, reported once (the record's write that finished it).
 
@@ -228,6 +315,8 @@ class JobFinished:
     error: Failure | None = None
     # Already in the usage ledger: an exact-cache hit is counted in the write that made it.
     ledgered: bool = False
+    # Where the job is to be POSTed; the write that finished it put it in the outbox.
+    callback_url: str | None = None
 
 
 FinishHook = Callable[[JobFinished], None]
@@ -245,6 +334,7 @@ class JobStore:
         self._ttl_s = ttl_s
         self._on_finish = on_finish
         self._advance = redis.register_script(_ADVANCE)
+        self._add_text = redis.register_script(_ADD_TEXT)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
 
@@ -260,6 +350,7 @@ class JobStore:
         request_id: str | None = None,
         traceparent: str | None = None,
         cache_mode: CacheMode = CacheMode.USE,
+        callback_url: str | None = None,
     ) -> JobRecord:
         record = JobRecord(
             id=job_id,
@@ -274,6 +365,7 @@ class JobStore:
             request_id=request_id,
             traceparent=traceparent,
             cache_mode=cache_mode,
+            callback_url=callback_url,
         )
         self._write(
             record,
@@ -282,6 +374,7 @@ class JobStore:
                 "answer_cache_key": answer_cache_key,
                 **({"traceparent": traceparent} if traceparent else {}),
                 **({"cache_mode": cache_mode.value} if cache_mode is not CacheMode.USE else {}),
+                **({"callback_url": callback_url} if callback_url else {}),
             },
         )
         return record
@@ -343,6 +436,7 @@ class JobStore:
                 0.0,
                 record.answer,
                 ledgered=ledgered,
+                callback_url=record.callback_url,
             )
         )
 
@@ -359,11 +453,14 @@ class JobStore:
             pipe.expire(key, self._ttl_s)
             if not record.finished:
                 pipe.zadd(active_jobs_key(), {record.id: record.created_at})
+                events = job_events_key(record.id)
+                pipe.xadd(events, {"stage": _stage_event(record.stage, record.status)})
+                pipe.expire(events, self._ttl_s)
             pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
         raw: dict[str, str] = self._redis.hgetall(job_key(job_id))  # type: ignore[assignment]
-        return _decode(raw) if raw else None
+        return decode_job(raw) if raw else None
 
     def start_stage(self, job_id: str, stage: Stage) -> bool:
         """Mark `stage` running; False when the job is finished, gone, or already past it."""
@@ -375,6 +472,7 @@ class JobStore:
                 "stage": stage.value,
                 f"{stage}_started_at": time.time(),
             },
+            event=("stage", _stage_event(stage, JobStatus.RUNNING)),
         )
 
     def finish_stage(
@@ -385,6 +483,35 @@ class JobStore:
         if passages is not None:
             fields["passages"] = json.dumps([passage.to_json() for passage in passages])
         return self._move(job_id, stage, fields)
+
+    def embedded_elsewhere(
+        self, job_ids: Sequence[str], *, started_at: float | None = None
+    ) -> list[str]:
+        """Record each job's embed stage as done, from `started_at` (when their batch was
+        taken) to now, by a task that embedded them together; the ids it moved (not those
+        finished, gone or already further on)."""
+        now = time.time()
+        begun = now if started_at is None else started_at
+        start = {"status": JobStatus.RUNNING.value, "stage": Stage.EMBED.value}
+        event = ("stage", _stage_event(Stage.EMBED, JobStatus.RUNNING))
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                self._advance_raw(
+                    job_id,
+                    Stage.EMBED,
+                    {**start, "embed_started_at": begun, "embed_finished_at": now},
+                    event=event,
+                    client=pipe,
+                )
+            moved = pipe.execute()
+        return [job_id for job_id, done in zip(job_ids, moved, strict=True) if done]
+
+    def handed_on(self, job_ids: Sequence[str]) -> None:
+        """Say that these jobs were sent on to retrieve by the task that embedded them."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hset(job_key(job_id), "handed_on", "1")
+            pipe.execute()
 
     def count_delivery(self, message: str) -> int:
         """How many times this message has been delivered to a worker (kept a day)."""
@@ -427,7 +554,7 @@ class JobStore:
 
     def note(self, job_id: str, stage: Stage, note: str) -> bool:
         """Say why a job waits (a retry, an outage) without moving it."""
-        return self._move(job_id, stage, {"note": note})
+        return self._move(job_id, stage, {"note": note}, event=("note", json.dumps({"note": note})))
 
     def succeed(
         self,
@@ -455,45 +582,83 @@ class JobStore:
             }
         fields: dict[str, str | int | float] = {
             **cached,
-            "status": JobStatus.SUCCEEDED.value,
-            "stage": Stage.DONE.value,
             f"{last_stage}_finished_at": now,
-            "finished_at": now,
             "note": "",
             **_answer_fields(answer),
         }
-        moved = self._advance_raw(job_id, Stage.DONE, fields)
+        return self._finish(
+            job_id, JobStatus.SUCCEEDED, fields, now, _outcome_of(answer), cache, answer=answer
+        )
+
+    def fail(self, job_id: str, failure: Failure) -> bool:
+        fields: dict[str, str | int | float] = {"error": json.dumps(failure.to_json())}
+        return self._finish(
+            job_id, JobStatus.FAILED, fields, time.time(), "failed", "miss", error=failure
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop the job for its client; False when it had already finished (or is gone).
+
+        No stage starts after this (each checks, in `start_stage`), no answer is written
+        (`succeed` refuses a finished job), and a model call under way is abandoned by the
+        generate stage, which sees the job finished when it next adds text.
+        """
+        return self._finish(
+            job_id, JobStatus.CANCELLED, {"note": ""}, time.time(), "cancelled", "miss"
+        )
+
+    def _finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        fields: dict[str, str | int | float],
+        now: float,
+        outcome: str,
+        cache: str,
+        *,
+        answer: Answer | None = None,
+        error: Failure | None = None,
+    ) -> bool:
+        """Move the job to `status` at `now` with `fields`, its end announced on its stream;
+        the finish hook hears of it when this write is the one that finished it."""
+        ending = {"status": status.value, "stage": Stage.DONE.value, "finished_at": now}
+        moved = self._advance_raw(job_id, Stage.DONE, {**fields, **ending}, event=_done(status))
         if isinstance(moved, list):
-            tenant, created_at = moved
+            tenant, created_at, callback = moved
             self._finished(
                 JobFinished(
                     job_id,
                     str(tenant),
-                    _outcome_of(answer),
+                    outcome,
                     cache,
                     now - float(created_at),
                     answer,
+                    error,
+                    callback_url=callback or None,
                 )
             )
         return bool(moved)
 
-    def fail(self, job_id: str, failure: Failure) -> bool:
-        now = time.time()
-        fields: dict[str, str | int | float] = {
-            "status": JobStatus.FAILED.value,
-            "stage": Stage.DONE.value,
-            "finished_at": now,
-            "error": json.dumps(failure.to_json()),
-        }
-        moved = self._advance_raw(job_id, Stage.DONE, fields)
-        if isinstance(moved, list):
-            tenant, created_at = moved
-            self._finished(
-                JobFinished(
-                    job_id, str(tenant), "failed", "miss", now - float(created_at), error=failure
-                )
+    def add_text(self, job_id: str, text: str) -> bool:
+        """Add answer text the model has written (and the leak filter cleared) to the job's
+        stream; False when the job has finished meanwhile: the caller stops writing."""
+        return bool(
+            self._add_text(
+                keys=[job_key(job_id), job_events_key(job_id)],
+                args=[json.dumps({"text": text}), self._ttl_s],
             )
-        return bool(moved)
+        )
+
+    def is_running(self, job_id: str) -> bool:
+        """Whether the job is still to be answered (one HGET)."""
+        status = self._redis.hget(job_key(job_id), "status")
+        return status is not None and JobStatus(str(status)) not in FINISHED
+
+    def events(self, job_id: str, *, after: str = "-", count: int = 1000) -> list[JobEvent]:
+        """The job's events after the stream id `after` ("-": from the first)."""
+        start = "-" if after == "-" else f"({after}"
+        entries: Any = self._redis.xrange(job_events_key(job_id), start, "+", count=count)
+        return read_events(entries)
 
     def _finished(self, event: JobFinished) -> None:
         if self._on_finish is None:
@@ -503,15 +668,36 @@ class JobStore:
         except Exception:  # a listener must never undo or fail the job's own write
             log.exception("job finish hook failed for %s", event.job_id)
 
-    def _move(self, job_id: str, stage: Stage, fields: dict[str, str | int | float]) -> bool:
-        return bool(self._advance_raw(job_id, stage, fields))
+    def _move(
+        self,
+        job_id: str,
+        stage: Stage,
+        fields: dict[str, str | int | float],
+        *,
+        event: tuple[str, str] | None = None,
+    ) -> bool:
+        return bool(self._advance_raw(job_id, stage, fields, event=event))
 
-    def _advance_raw(self, job_id: str, stage: Stage, fields: dict[str, str | int | float]) -> Any:
-        """0 when refused, 1 when moved, [tenant, created_at] when the move finished it."""
-        args: list[str | int | float] = [stage.rank, self._ttl_s, time.time(), job_id]
+    def _advance_raw(
+        self,
+        job_id: str,
+        stage: Stage,
+        fields: dict[str, str | int | float],
+        *,
+        event: tuple[str, str] | None = None,
+        client: Any = None,
+    ) -> Any:
+        """0 when refused, 1 when moved, [tenant, created_at, callback_url] when the move
+        finished it (with `client` a pipeline, what it will say when executed)."""
+        kind, data = event or ("", "")
+        args: list[str | int | float] = [stage.rank, self._ttl_s, time.time(), job_id, kind, data]
         for name, value in fields.items():
             args.extend((name, value))
-        return self._advance(keys=[job_key(job_id), active_jobs_key()], args=args)
+        return self._advance(
+            keys=[job_key(job_id), active_jobs_key(), job_events_key(job_id), webhook_outbox_key()],
+            args=args,
+            client=client,
+        )
 
     def stalled(self, *, quiet_since: float, limit: int = 100) -> list[str]:
         """Unfinished jobs whose record has not moved since `quiet_since`, oldest first."""
@@ -519,6 +705,11 @@ class JobStore:
             active_jobs_key(), "-inf", quiet_since, start=0, num=limit
         )  # type: ignore[assignment]
         return found
+
+    def unfinished_since(self, since: float) -> int:
+        """Unfinished jobs that were created or moved since `since`: the questions in flight
+        (one ZCOUNT; a job lost longer ago than that no longer counts)."""
+        return int(self._redis.zcount(active_jobs_key(), since, "+inf"))
 
     def touch(self, job_id: str) -> None:
         """Count now as progress for the stall sweep (it has just been enqueued again)."""
@@ -541,6 +732,14 @@ def _record_fields(record: JobRecord) -> dict[str, str | int | float]:
         "stage_rank": record.stage.rank,
         "request_id": record.request_id or "",
     }
+
+
+def _stage_event(stage: Stage, status: JobStatus) -> str:
+    return json.dumps({"stage": stage.value, "status": status.value})
+
+
+def _done(status: JobStatus) -> tuple[str, str]:
+    return "done", json.dumps({"status": status.value})
 
 
 def _outcome_of(answer: Answer) -> str:

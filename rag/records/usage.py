@@ -5,11 +5,16 @@ monthly reports can be read back, and one month total per tenant that the budget
 A finished job enters both, and the month's set of tenants, in one Lua script: atomic, one
 round trip, and at most once per job.
 
-Fields of a day's hash: `questions`, `failed`, `no_context`, `degraded`, `cache:<kind>`
+Fields of a day's hash: `questions`, `failed`, `no_context`, `cancelled`, `degraded`,
+`cache:<kind>`
 (`exact`; a semantic cache adds its own kind), and per model `answers:<model>`,
 `tokens:<type>:<model>` (type input, output, cache_read, cache_write), `unpriced:<model>`
 (answers of a model with no known price) and `cost:<model>`; `cost` is the day's dollars. The
 model comes last in a field because a model name may hold a colon (Bedrock's do).
+
+A model call abandoned because its job was cancelled (`outcome` "abandoned") adds what it
+had spent to the tokens and dollars, under its own at-most-once mark, but no question and
+no answer: the job itself was counted once, as cancelled.
 
 Dollars are stored as decimal strings with nine places ("0.001234500") and added digit by digit
 inside the script: Lua's numbers are doubles, in which 0.000003 added 10,000 times is not 0.03.
@@ -142,6 +147,7 @@ class Tally:
     questions: int = 0
     failed: int = 0
     no_context: int = 0
+    cancelled: int = 0
     degraded: int = 0
     cache_hits: Counter[str] = field(default_factory=Counter)
     tokens: Counter[str] = field(default_factory=Counter)
@@ -152,6 +158,7 @@ class Tally:
         self.questions += other.questions
         self.failed += other.failed
         self.no_context += other.no_context
+        self.cancelled += other.cancelled
         self.degraded += other.degraded
         self.cache_hits.update(other.cache_hits)
         self.tokens.update(other.tokens)
@@ -164,6 +171,7 @@ class Tally:
             "cache_hits": {"exact": 0, **dict(sorted(self.cache_hits.items()))},
             "failed": self.failed,
             "no_context": self.no_context,
+            "cancelled": self.cancelled,
             "degraded": self.degraded,
             "tokens": _tokens_json(self.tokens),
             "cost_usd": usd(self.cost_usd),
@@ -218,7 +226,7 @@ def _parse_day(day: date, raw: Mapping[str, str]) -> DayUsage:
     models: dict[str, ModelTally] = {}
     for name, value in raw.items():
         kind, _, rest = name.partition(":")
-        if kind in ("questions", "failed", "no_context", "degraded") and not rest:
+        if kind in ("questions", "failed", "no_context", "cancelled", "degraded") and not rest:
             setattr(totals, kind, int(value))
         elif kind == "cache":
             totals.cache_hits[rest] = int(value)
@@ -250,10 +258,11 @@ class UsageLedger:
     def record(self, event: JobFinished, *, at: float | None = None) -> bool:
         """Add a finished job to the day it finished on; False if it was already added."""
         at = time.time() if at is None else at
-        increments: dict[str, int] = {"questions": 1}
+        abandoned = event.outcome == "abandoned"
+        increments: dict[str, int] = {} if abandoned else {"questions": 1}
         if event.cache != "miss":
             increments[f"cache:{event.cache}"] = 1
-        if event.outcome in ("failed", "no_context"):
+        if event.outcome in ("failed", "no_context", "cancelled"):
             increments[event.outcome] = 1
         cost, model = "", ""
         answer = event.answer
@@ -261,7 +270,8 @@ class UsageLedger:
         if answer is not None and event.cache == "miss" and not answer.no_context:
             model = answer.model or "unknown"
             usage = answer.usage
-            increments[f"answers:{model}"] = 1
+            if not abandoned:
+                increments[f"answers:{model}"] = 1
             if answer.degraded:
                 increments["degraded"] = 1
             for kind, tokens in zip(

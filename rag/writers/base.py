@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
-from rag.types import Draft, Passage
+from rag.types import Draft, Passage, Usage
 
-__all__ = ["AnswerWriter", "LLMError", "PermanentLLMError", "TransientLLMError"]
+__all__ = [
+    "Abandoned",
+    "AnswerWriter",
+    "CallAbandoned",
+    "LLMError",
+    "PermanentLLMError",
+    "StreamingWriter",
+    "TransientLLMError",
+]
 
 
 class LLMError(Exception):
@@ -40,9 +48,49 @@ class PermanentLLMError(LLMError):
     """Retrying the same request cannot help: bad request, key, permission, model or size."""
 
 
+class Abandoned(Exception):
+    """Raised by a streaming call's `on_text` to stop the call: the answer is not wanted."""
+
+
+class CallAbandoned(Exception):
+    """The model call was stopped on purpose mid-answer; `spent` is what it had cost so far.
+
+    Not an `LLMError`: nothing failed, and retrying would only spend again.
+    """
+
+    def __init__(self, spent: Usage, model: str) -> None:
+        super().__init__(
+            f"the {model} call was abandoned after {spent.input_tokens} input and "
+            f"{spent.output_tokens} output tokens"
+        )
+        self.spent = spent
+        self.model = model
+
+    def __reduce__(self) -> tuple[type[CallAbandoned], tuple[Usage, str]]:
+        return CallAbandoned, (self.spent, self.model)
+
+
 class AnswerWriter(Protocol):
     name: str
 
     def write(self, question: str, passages: Sequence[Passage]) -> Draft:
         """A draft answer from `passages` alone; a model's failure raises an `LLMError`."""
+        ...
+
+
+@runtime_checkable
+class StreamingWriter(AnswerWriter, Protocol):
+    """A writer that can hand over its draft's text as the model writes it.
+
+    `isinstance(writer, StreamingWriter)` says whether a writer streams.
+    """
+
+    def write_streaming(
+        self, question: str, passages: Sequence[Passage], on_text: Callable[[str], None]
+    ) -> Draft:
+        """As `write`, calling `on_text` with each piece of raw draft text as it arrives.
+
+        When `on_text` raises `Abandoned`, the call is stopped at once and `CallAbandoned`
+        is raised with the usage spent so far.
+        """
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,10 +14,14 @@ __all__ = [
     "LEAK_REFUSAL",
     "LEAK_RUN_WORDS",
     "NO_USABLE_ANSWER",
+    "SENTENCE_BREAK",
+    "WORD",
     "AnswerSentence",
     "FinishedAnswer",
     "answer_sentences",
+    "echo_runs",
     "finish_answer",
+    "finish_rejoined",
 ]
 
 LEAK_REFUSAL = "I can't share that."
@@ -29,10 +34,11 @@ LEAK_RUN_WORDS = 8
 # Ranges such as [2-4] are expanded only when short, so a stray "[1-2000]" stays harmless.
 _MAX_RANGE = 20
 
-_WORD = re.compile(r"\w+")
+# The filter's words and sentence breaks, public so that the stream cleaner cuts where it does.
+WORD = re.compile(r"\w+")
 # A sentence ends at . ! or ? followed by space, unless a citation mark follows: "… it. [2]"
 # belongs to the sentence before it.
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])[ \t]+(?!\[)")
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])[ \t]+(?!\[)")
 _GROUP = r"\[[ \t]*\d{1,4}(?:[ \t]*[,;\-–][ \t]*\d{1,4})*[ \t]*\]"
 _CITATION_RUN = re.compile(rf"([ \t]*)({_GROUP}(?:[ \t]*{_GROUP})*)")
 _NUMBER_OR_RANGE = re.compile(r"(\d+)(?:[ \t]*[\-–][ \t]*(\d+))?")
@@ -60,13 +66,33 @@ def finish_answer(text: str, passages: Sequence[Passage], *, system_prompt: str)
     sentence to the filter but kept some words becomes NO_USABLE_ANSWER, not usable.
     """
     kept, leaked = _drop_prompt_echo(text, system_prompt)
-    if leaked and not _WORD.search(_CITATION_RUN.sub("", kept)):
+    if leaked and not WORD.search(_CITATION_RUN.sub("", kept)):
         return FinishedAnswer(text=LEAK_REFUSAL, cited=())
     valid = frozenset(p.number for p in passages)
     cleaned, cited = _cite(kept, valid)
     if leaked and not cited and _cite(text, valid)[1]:
         return FinishedAnswer(text=NO_USABLE_ANSWER, cited=(), usable=False)
     return FinishedAnswer(text=cleaned, cited=cited)
+
+
+def finish_rejoined(text: str, passages: Sequence[Passage]) -> str:
+    """`text` finished as `finish_answer` finishes a draft in which it found an echo that
+    does not touch `text`: every line re-joined from its stripped sentences.
+
+    Where this differs from the plain finish (a tab after a full stop, an indented line),
+    an echo written later would change how the text before it reads.
+    """
+    return _cite(_keep_sentences(text, []), frozenset(p.number for p in passages))[0]
+
+
+@functools.lru_cache(maxsize=4)
+def echo_runs(system_prompt: str) -> frozenset[tuple[str, ...]]:
+    """Every run of LEAK_RUN_WORDS consecutive words of `system_prompt`, lower-cased."""
+    prompt_words = [w.lower() for w in WORD.findall(system_prompt)]
+    return frozenset(
+        tuple(prompt_words[i : i + LEAK_RUN_WORDS])
+        for i in range(len(prompt_words) - LEAK_RUN_WORDS + 1)
+    )
 
 
 @dataclass(frozen=True)
@@ -117,12 +143,8 @@ def _drop_prompt_echo(text: str, system_prompt: str) -> tuple[str, bool]:
     Runs are matched over the whole text, across lines, so short fragments of an echo
     ("Rules:", "1.") go with the sentences around them.
     """
-    prompt_words = [w.lower() for w in _WORD.findall(system_prompt)]
-    prompt_runs = {
-        tuple(prompt_words[i : i + LEAK_RUN_WORDS])
-        for i in range(len(prompt_words) - LEAK_RUN_WORDS + 1)
-    }
-    words = list(_WORD.finditer(text))
+    prompt_runs = echo_runs(system_prompt)
+    words = list(WORD.finditer(text))
     lowered = [m.group().lower() for m in words]
     covered: list[tuple[int, int]] = []
     for i in range(len(words) - LEAK_RUN_WORDS + 1):
@@ -130,13 +152,17 @@ def _drop_prompt_echo(text: str, system_prompt: str) -> tuple[str, bool]:
             covered.append((words[i].start(), words[i + LEAK_RUN_WORDS - 1].end()))
     if not covered:
         return text, False
+    return _keep_sentences(text, covered), True
 
+
+def _keep_sentences(text: str, covered: Sequence[tuple[int, int]]) -> str:
+    """`text` without the sentences that overlap a `covered` span, each line re-joined."""
     lines: list[str] = []
     offset = 0
     for line in text.split("\n"):
         bounds: list[tuple[int, int]] = []
         start = 0
-        for brk in _SENTENCE_BREAK.finditer(line):
+        for brk in SENTENCE_BREAK.finditer(line):
             bounds.append((start, brk.start()))
             start = brk.end()
         bounds.append((start, len(line)))
@@ -149,7 +175,7 @@ def _drop_prompt_echo(text: str, system_prompt: str) -> tuple[str, bool]:
         if remainder or not line.strip():
             lines.append(remainder)
         offset += len(line) + 1
-    return "\n".join(lines), True
+    return "\n".join(lines)
 
 
 def _normalise_run(match: re.Match[str], valid: frozenset[int]) -> str:

@@ -3,6 +3,7 @@ shard in a temporary folder, the real embedding model, the real writers."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from rag.embedding import Embedder, encode_vectors, load_embedder
 from rag.indexing import embedded_text
 from rag.records.documents import DocumentRegistry, DocumentStatus
 from rag.records.jobs import JobStatus, JobStore, Stage, new_job_id
-from rag.records.pending import PendingQuestions
+from rag.records.pending import PendingQuestions, WaitingQuestion
 from rag.records.staging import ChunkStaging
 from rag.settings import Settings
 from rag.store import VectorStore, open_vector_store
@@ -27,7 +28,7 @@ from rag.types import ChunkPoint, Failure
 from rag.writers.anthropic import AnthropicWriter
 from rag.writers.base import TransientLLMError
 from rag.writers.extractive import ExtractiveWriter
-from tasks.embed import embed_question
+from tasks.embed import embed_question, embed_waiting
 from tasks.generate import write_answer
 from tasks.index import stage_revision
 from tasks.retrieve import Retrieved, find_passages
@@ -224,6 +225,35 @@ def test_embed_gives_every_waiting_question_its_vector_in_one_batch(
     assert one.query_vector == encode_vectors(embedder.embed(["What fell every morning?"])[0])
 
 
+def test_the_waiting_are_sent_on_batch_by_batch_beside_the_model_and_all_before_it_returns(
+    redis: Redis, embedder: Embedder
+) -> None:
+    jobs = JobStore(redis, ttl_s=600)
+    asked = [new_job(redis, q) for q in ("Who preached?", "What fell?", "What bred worms?")]
+    sent: list[tuple[list[str], str]] = []
+
+    def send_on(waiting: list[WaitingQuestion]) -> None:
+        if not sent:
+            sent.append(([], "failed"))
+            raise ConnectionError("broker away")  # the first batch's send fails
+        sent.append(([w.job_id for w in waiting], threading.current_thread().name))
+
+    with pytest.raises(ConnectionError):
+        embed_waiting(
+            jobs=jobs,
+            pending=PendingQuestions(redis, max_age_s=600),
+            embedder=embedder,
+            batch_size=1,
+            send_on=send_on,
+        )
+
+    # A batch of one each: the failed send did not stop the others, which were all sent,
+    # from the sending thread, before the failure was raised.
+    assert [ids for ids, _ in sent[1:]] == [[asked[1]], [asked[2]]]
+    assert all(name.startswith("scribes-send-on") for _, name in sent[1:])
+    assert all((job := jobs.get(job_id)) and job.query_vector for job_id in asked)
+
+
 def test_embed_skips_a_finished_job(redis: Redis, embedder: Embedder) -> None:
     jobs = JobStore(redis, ttl_s=600)
     job_id = new_job(redis, "Anything?")
@@ -354,6 +384,50 @@ def test_retrieve_hands_passages_on_or_answers_no_context(
     # The answer is cached, and a redelivery of the finished job is skipped.
     assert AnswerCache(redis, ttl_s=60).get(done.answer_cache_key) == done.answer
     assert retrieved(redis, store, unrelated) is Retrieved.SKIPPED
+
+
+def test_retrieve_embeds_again_a_question_whose_model_is_not_the_stores(
+    redis: Redis, store: VectorStore, embedder: Embedder, counter: TokenCounter
+) -> None:
+    index(redis, store, embedder, counter, "manna", MANNA)
+    jobs = JobStore(redis, ttl_s=600)
+    question = "What happened to manna kept overnight?"
+    job_id = new_job(redis, question)
+    # Embedded by a model the store no longer holds (a reindex switched meanwhile): its
+    # vector, here a useless one, must not be searched.
+    PendingQuestions(redis, max_age_s=600).attach(
+        {job_id: encode_vectors(np.zeros(embedder.dimension, np.float32))}, model="old-model"
+    )
+    asked: list[str] = []
+
+    def reembed(text: str) -> str:
+        asked.append(text)
+        return encode_vectors(embedder.embed([text])[0])
+
+    def search(job_id: str) -> Retrieved:
+        return find_passages(
+            job_id,
+            jobs=jobs,
+            store=store,
+            documents=DocumentRegistry(redis),
+            answers=AnswerCache(redis, ttl_s=600),
+            score_threshold=SETTINGS.score_threshold,
+            model=embedder.model_name,
+            reembed=reembed,
+        )
+
+    assert search(job_id) is Retrieved.PASSAGES
+    assert asked == [question]
+    job = jobs.get(job_id)
+    assert job is not None and [p.document_id for p in job.passages][:1] == ["manna"]
+
+    # A job embedded by the store's own model is searched as it is.
+    same = new_job(redis, question)
+    embedded(redis, embedder, same)
+    recorded = jobs.get(same)
+    assert recorded is not None and recorded.query_model == embedder.model_name
+    assert search(same) is Retrieved.PASSAGES
+    assert asked == [question]
 
 
 def test_generate_writes_caches_and_prices_the_answer(
