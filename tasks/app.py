@@ -11,6 +11,14 @@ __all__ = ["app"]
 
 app = Celery(
     "scribes",
-    include=["tasks.embed", "tasks.retrieve", "tasks.generate", "tasks.index", "tasks.store"],
+    include=[
+        "tasks.embed",
+        "tasks.retrieve",
+        "tasks.generate",
+        "tasks.index",
+        "tasks.store",
+        "tasks.reindex",
+        "tasks.webhook",
+    ],
 )
 app.config_from_object("celeryconfig")

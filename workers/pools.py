@@ -21,6 +21,9 @@ class PoolSpec:
     loads_model: bool = False
     owns_vector_store: bool = False
     writes_answers: bool = False
+    # Added to the niceness of the processes that run the tasks: batch work gives way to
+    # questions on the CPU at once, and still has every core when nothing else runs.
+    nice: int = 0
 
 
 POOLS: dict[str, PoolSpec] = {
@@ -42,6 +45,7 @@ POOLS: dict[str, PoolSpec] = {
             pool="prefork",
             concurrency=1,
             loads_model=True,
+            nice=10,
             description="chunks and embeds documents in batches, off the question path",
         ),
         # The embedded vector store allows one owner process: threads share it.
@@ -53,14 +57,16 @@ POOLS: dict[str, PoolSpec] = {
             owns_vector_store=True,
             description="searches the vector store and applies writes to it",
         ),
-        # Waits on the network: many threads, one process.
+        # Waits on the network: many threads, one process. Webhook deliveries wait on the
+        # network too (10 s at most each), so they share these threads rather than start a
+        # process of their own; their own queue keeps them apart in the broker.
         PoolSpec(
             name="generate",
-            queues=(QueueName.GENERATE,),
+            queues=(QueueName.GENERATE, QueueName.WEBHOOK),
             pool="threads",
             concurrency=16,
             writes_answers=True,
-            description="writes answers with Anthropic or the extractive writer",
+            description="writes answers with Anthropic or the extractive writer; delivers webhooks",
         ),
     )
 }
@@ -88,7 +94,6 @@ def worker_command(
         f"{spec.name}@%h",
         "--loglevel",
         loglevel,
-        "--task-events",
         "--without-mingle",
         "--without-gossip",
     ]
