@@ -22,12 +22,16 @@ from pathlib import Path
 
 from bench.cache import run_cache
 from bench.faults import run_faults
+from bench.ingest import run_ingest
 from bench.inprocess import open_inprocess_pipeline
 from bench.machine import cpu_share, wait_until_quiet
 from bench.notes import bench_notes, unique_questions
 from bench.pipeline import run_pipeline
+from bench.reindex import run_reindex
 from bench.replay import run_workload
 from bench.report import BenchResult, summary_table
+from bench.scale_out import run_scale_out
+from bench.search_scale import run_search_scale
 from bench.system import BenchSystem, progress, running_system
 from bench.telemetry import run_telemetry
 from bench.throughput import run_throughput
@@ -37,6 +41,7 @@ __all__ = ["FULL", "QUICK", "BenchSizes", "main"]
 PIPELINE_POLL_S = 0.005  # tight, so that polling adds little to what the client sees
 # Looser under load: 32 clients polling every 5 ms would be a load test of polling itself.
 THROUGHPUT_POLL_S = 0.05
+INGEST_CLIENTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +54,29 @@ class BenchSizes:
     throughput_questions: int  # per concurrency level
     throughput_levels: tuple[int, ...]
     throughput_max_s: float
+    reindex_notes: int  # synthetic notes of the reindex benchmark's own system
+    reindex_load_s: float  # questions alone before the reindex under load
+    ingest_notes: int  # per bulk ingest: one alone, one under the question load
+    ingest_load_s: float  # per question load: before, during and after an ingest
+    scale_rounds: int  # rounds of 1, 2 and 3 embed workers
+    scale_level_s: float  # load per level and round
 
 
 FULL = BenchSizes(
     synthetic_notes=200,
     cache_requests=500,
     cache_warmup=30,
-    pipeline_questions=40,
+    pipeline_questions=60,  # 20 for each way of waiting
     pipeline_warmup=5,
-    throughput_questions=150,
+    throughput_questions=600,  # per level: 150 lasted 2.5 s, too short for a steady state
     throughput_levels=(8, 32),
     throughput_max_s=30,
+    reindex_notes=600,
+    reindex_load_s=15,
+    ingest_notes=300,
+    ingest_load_s=30,
+    scale_rounds=4,
+    scale_level_s=12,
 )
 QUICK = BenchSizes(
     synthetic_notes=30,
@@ -70,6 +87,12 @@ QUICK = BenchSizes(
     throughput_questions=60,
     throughput_levels=(16,),
     throughput_max_s=20,
+    reindex_notes=60,
+    reindex_load_s=6,
+    ingest_notes=120,
+    ingest_load_s=15,
+    scale_rounds=2,
+    scale_level_s=6,
 )
 
 
@@ -100,8 +123,43 @@ def _throughput(system: BenchSystem, sizes: BenchSizes, tag: str) -> BenchResult
             sizes.throughput_questions * len(sizes.throughput_levels), seed=3, tag=f"load-{tag}"
         ),
         levels=sizes.throughput_levels,
-        poll_s=THROUGHPUT_POLL_S,
+        poll_s=None,
         max_s=sizes.throughput_max_s,
+    )
+
+
+def _faults(work_dir: Path, sizes: BenchSizes) -> BenchResult:
+    return run_faults(work_dir)
+
+
+def _telemetry(work_dir: Path, sizes: BenchSizes) -> BenchResult:
+    return run_telemetry(work_dir)
+
+
+def _workload(work_dir: Path, sizes: BenchSizes) -> BenchResult:
+    return run_workload(work_dir)
+
+
+def _reindex(work_dir: Path, sizes: BenchSizes) -> BenchResult:
+    return run_reindex(work_dir, synthetic_notes=sizes.reindex_notes, load_s=sizes.reindex_load_s)
+
+
+def _search_scale(work_dir: Path, sizes: BenchSizes) -> BenchResult:
+    return run_search_scale(work_dir)
+
+
+def _scale_out(work_dir: Path, sizes: BenchSizes) -> BenchResult:
+    return run_scale_out(work_dir, rounds=sizes.scale_rounds, level_s=sizes.scale_level_s)
+
+
+def _ingest(system: BenchSystem, sizes: BenchSizes, tag: str) -> BenchResult:
+    return run_ingest(
+        system,
+        notes=sizes.ingest_notes,
+        load_s=sizes.ingest_load_s,
+        clients=INGEST_CLIENTS,
+        poll_s=THROUGHPUT_POLL_S,
+        tag=tag,
     )
 
 
@@ -109,13 +167,19 @@ BENCHMARKS: dict[str, Callable[[BenchSystem, BenchSizes, str], BenchResult]] = {
     "cache": _cache,
     "pipeline": _pipeline,
     "throughput": _throughput,
+    # Last: it adds notes (of a tenant of their own) to the system the others measure.
+    "ingest": _ingest,
 }
-# Benchmarks that start clusters of their own, as they break them on purpose or need a
-# model to count; run only when named with --only, since each takes minutes.
-SEPARATE: dict[str, Callable[[Path], BenchResult]] = {
-    "faults": run_faults,
-    "telemetry": run_telemetry,
-    "workload": run_workload,
+# Benchmarks that start clusters of their own, as they break them on purpose, need a model
+# to count or switch the whole store, or need none (search_scale: one Edge shard); run only
+# when named with --only, since each takes minutes.
+SEPARATE: dict[str, Callable[[Path, BenchSizes], BenchResult]] = {
+    "faults": _faults,
+    "telemetry": _telemetry,
+    "workload": _workload,
+    "reindex": _reindex,
+    "search_scale": _search_scale,
+    "scale_out": _scale_out,
 }
 
 
@@ -124,12 +188,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.run",
         description="Start a whole Scribes system on loopback (its own redis-server, the four "
         "worker pools, the API), ingest the sample notes plus synthetic ones, and run the "
-        "benchmarks: cache, pipeline, throughput. Each prints its figures and a ratio against "
-        "a baseline measured in the same run. `--only faults` (about 6 minutes, never in the "
-        "default set) instead kills a pool and takes the model down on clusters of its own, "
+        "benchmarks: cache, pipeline, throughput, ingest. Each prints its figures and a ratio "
+        "against a baseline measured in the same run. `--only faults` (about 6 minutes, never "
+        "in the default set) instead kills a pool and takes the model down on clusters of its own, "
         "each run with and without the feature that handles the fault. `--only workload` (about "
         "3.5 minutes) replays 2,000 labelled questions with note edits and deletes on a "
-        "system of its own, caches on against every request bypassing them.",
+        "system of its own, caches on against every request bypassing them. `--only reindex` "
+        "(about 5.5 minutes) times an unchanged reindex against a full re-embedding on a "
+        "system of its own. `--only search_scale` needs no system: tenant-filtered search on a "
+        "100k-point Edge shard before and after an offline HNSW build. `--only scale_out` "
+        "(about 3.5 minutes) measures questions/s with 1, 2 and 3 embed workers on a system of "
+        "its own.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smaller counts: a smoke run of about a minute"
@@ -189,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs += [(n, partial(BENCHMARKS[n], system, sizes, tag), shared_logs) for n in selected]
         else:
             _print_platform(quick=args.quick)
-        runs += [(n, partial(SEPARATE[n], work_dir / n), work_dir / n) for n in separate]
+        runs += [(n, partial(SEPARATE[n], work_dir / n, sizes), work_dir / n) for n in separate]
         for name, run, logs in runs:
             try:
                 with cpu_share() as share:

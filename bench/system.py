@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -11,24 +12,35 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from bench.notes import BenchNote
 from rag.settings import Settings
-from tests.cluster import Cluster, running_cluster, running_redis
+from tests.cluster import Cluster, WorkerHost, running_cluster, running_redis
 
 __all__ = [
     "BENCH_API_KEY",
     "BENCH_TENANT",
+    "INGEST_API_KEY",
+    "INGEST_TENANT",
+    "ROLES",
     "Answered",
     "BenchSystem",
     "ask_and_wait",
+    "cpu_by_role",
     "ingest_notes",
     "progress",
     "running_system",
 ]
 
+# The processes a benchmark's CPU is told apart by (`cpu_by_role`).
+ROLES = ("embed", "retrieve", "generate", "index", "api", "redis", "load generator")
+
 BENCH_API_KEY = "bench-key-0123456789"
 BENCH_TENANT = "bench"
+# A second tenant, for notes ingested while the first one's questions are timed.
+INGEST_API_KEY = "bench-ingest-key-0123456789"
+INGEST_TENANT = "bench-ingest"
 
 
 def progress(message: str) -> None:
@@ -63,7 +75,7 @@ def running_system(
 ) -> Iterator[BenchSystem]:
     """Start everything, ingest `notes` over HTTP and wait until every one is indexed."""
     env = {
-        "SCRIBES_API_KEYS": f"{BENCH_API_KEY}={BENCH_TENANT}",
+        "SCRIBES_API_KEYS": f"{BENCH_API_KEY}={BENCH_TENANT},{INGEST_API_KEY}={INGEST_TENANT}",
         # Empty: the extractive writer, whatever the caller's environment holds.
         "ANTHROPIC_API_KEY": "",
         **(extra_env or {}),
@@ -124,12 +136,25 @@ class Answered:
     latency_ms: float
 
 
+# A long poll's wait: the API's most. The request returns as soon as the job finishes.
+LONG_POLL_S = 30
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
 def ask_and_wait(
-    http: httpx.Client, question: str, *, poll_s: float, timeout_s: float = 60
+    http: httpx.Client,
+    question: str,
+    *,
+    poll_s: float | None,
+    timeout_s: float = 60,
+    submit_waits: bool = False,
 ) -> Answered:
-    """POST the question, then poll its job every `poll_s` until it is finished."""
+    """POST the question, then wait for its job: poll every `poll_s`, or with None hold one
+    long poll (`?wait=`) until it is finished. With `submit_waits` the POST itself waits
+    (`Prefer: wait=`), and a job not finished by then is long-polled."""
     started = time.perf_counter()
-    response = http.post("/v1/questions", json={"question": question})
+    headers = {"Prefer": f"wait={LONG_POLL_S}"} if submit_waits else {}
+    response = http.post("/v1/questions", json={"question": question}, headers=headers)
     if response.status_code == 200:
         return Answered(200, response.json(), (time.perf_counter() - started) * 1000)
     if response.status_code != 202:
@@ -137,9 +162,59 @@ def ask_and_wait(
     poll = response.json()["poll"]
     deadline = started + timeout_s
     while True:
-        time.sleep(poll_s)
-        job: dict[str, Any] = http.get(poll).json()
-        if job.get("status") in ("succeeded", "failed"):
+        if poll_s is None:
+            job: dict[str, Any] = http.get(poll, params={"wait": LONG_POLL_S}).json()
+        else:
+            time.sleep(poll_s)
+            job = http.get(poll).json()
+        if job.get("status") in FINISHED_STATUSES:
             return Answered(202, job, (time.perf_counter() - started) * 1000)
         if time.perf_counter() > deadline:
             raise RuntimeError(f"question not answered in {timeout_s:.0f} s: {job}")
+
+
+@contextmanager
+def cpu_by_role(
+    system: BenchSystem, extra: Sequence[WorkerHost] = ()
+) -> Iterator[dict[str, float]]:
+    """CPU seconds each process type used during the block, summed over its process trees
+    (a prefork pool's main process and its child). No process of the system starts or exits
+    while a level runs, so two readings are enough."""
+    roots: dict[str, list[psutil.Process]] = {role: [] for role in ROLES}
+    supervisors = [system.cluster.supervisor, *(host.supervisor for host in extra)]
+    for supervisor in supervisors:
+        for name, process in supervisor.children.items():
+            role = name.removeprefix("pool:")
+            if role in roots:
+                roots[role].append(psutil.Process(process.pid))
+    me = psutil.Process(os.getpid())
+    roots["redis"] = [p for p in me.children() if p.name().startswith("redis-server")]
+    roots["load generator"] = [me]
+
+    def reading() -> dict[str, float]:
+        used = dict.fromkeys(ROLES, 0.0)
+        for role, processes in roots.items():
+            for root in processes:
+                tree = [root] if role == "load generator" else [root, *_descendants(root)]
+                for process in tree:
+                    try:
+                        times = process.cpu_times()
+                    except psutil.Error:
+                        continue
+                    used[role] += times.user + times.system
+        return used
+
+    start = reading()
+    used: dict[str, float] = {}
+    try:
+        yield used
+    finally:
+        end = reading()
+        used.update({role: end[role] - start[role] for role in ROLES})
+
+
+def _descendants(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return process.children(recursive=True)
+    except psutil.Error:
+        return []

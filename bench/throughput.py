@@ -13,7 +13,15 @@ import httpx
 from bench.pipeline import STAGES
 from bench.report import BenchResult, SummaryRow, print_table
 from bench.stats import format_ratio, ratio, summarise
-from bench.system import BENCH_API_KEY, BenchSystem, progress
+from bench.system import (
+    BENCH_API_KEY,
+    FINISHED_STATUSES,
+    LONG_POLL_S,
+    ROLES,
+    BenchSystem,
+    cpu_by_role,
+    progress,
+)
 from rag.embedding import load_embedder
 
 __all__ = ["LoadOutcome", "closed_loop_load", "run_throughput"]
@@ -43,7 +51,7 @@ def run_throughput(
     *,
     questions: Sequence[str],
     levels: Sequence[int],
-    poll_s: float,
+    poll_s: float | None,
     max_s: float,
 ) -> BenchResult:
     """One closed-loop load per concurrency level, each with its own share of `questions`."""
@@ -51,13 +59,20 @@ def run_throughput(
     # Before and after the load, best of all: the ceiling, least disturbed by anything else.
     best = _batched_embedding_rate(system, questions[:per_level], repeats=_BASELINE_REPEATS)
     outcomes: dict[int, LoadOutcome] = {}
+    cpu: dict[int, dict[str, float]] = {}
     for number, concurrency in enumerate(levels):
         chunk = questions[number * per_level : (number + 1) * per_level]
-        outcome = asyncio.run(
-            closed_loop_load(
-                system.cluster.api_url, chunk, concurrency=concurrency, poll_s=poll_s, max_s=max_s
+        with cpu_by_role(system) as cpu[concurrency]:
+            outcome = asyncio.run(
+                closed_loop_load(
+                    system.cluster.api_url,
+                    chunk,
+                    concurrency=concurrency,
+                    poll_s=poll_s,
+                    max_s=max_s,
+                )
             )
-        )
+        cpu[concurrency]["all"] = sum(cpu[concurrency].values())
         if outcome.succeeded == 0:
             raise RuntimeError(f"no question succeeded with {concurrency} clients: {outcome}")
         progress(
@@ -72,8 +87,7 @@ def run_throughput(
     print("== throughput: questions/s under concurrent load vs batched embedding in one process ==")
     print(
         f"  per level: {per_level} distinct questions or {max_s:.0f} s of asking; each client "
-        f"asks, polls every {poll_s * 1000:.0f} ms until answered, asks again "
-        "(asyncio + httpx, one process)"
+        f"asks, {_waits(poll_s)} until answered, asks again (asyncio + httpx, one process)"
     )
     print(
         "  note: 2 cores here are shared by the load generator, the API, four pools and Redis; "
@@ -99,7 +113,15 @@ def run_throughput(
             ]
         )
     print_table(
-        ["load", "succeeded", "s", "questions/s", "vs baseline", "latency p50/p95 ms", "polls/s"],
+        [
+            "load",
+            "succeeded",
+            "s",
+            "questions/s",
+            "vs baseline",
+            "latency p50/p95 ms",
+            "GETs/s after the submit",
+        ],
         rows,
     )
     print("  job timings under load, p50 / p95 (ms):")
@@ -116,6 +138,15 @@ def run_throughput(
         for stage in STAGES
     ]
     print_table(["stage", *(f"{c} clients" for c in outcomes)], stage_rows, indent=4)
+    print("  CPU per answered question, by process (ms; the load generator is this benchmark):")
+    print_table(
+        ["process", *(f"{c} clients" for c in outcomes)],
+        [
+            [role, *(f"{_per_question_ms(cpu[c][role], o):.1f}" for c, o in outcomes.items())]
+            for role in [*ROLES, "all"]
+        ],
+        indent=4,
+    )
     return BenchResult(
         "throughput",
         rows=[
@@ -131,12 +162,31 @@ def run_throughput(
         ],
         details={
             "questions_per_level": per_level,
-            "poll_ms": poll_s * 1000,
+            "poll_ms": None if poll_s is None else poll_s * 1000,
             "batched_embedding_qps": round(embed_qps, 3),
             "batched_embedding_qps_before_after": [round(best, 3), round(after, 3)],
-            "levels": {str(c): _outcome_details(o) for c, o in outcomes.items()},
+            "levels": {
+                str(c): {
+                    **_outcome_details(o),
+                    "cpu_ms_per_question": {
+                        role: round(_per_question_ms(seconds, o), 2)
+                        for role, seconds in cpu[c].items()
+                    },
+                }
+                for c, o in outcomes.items()
+            },
         },
     )
+
+
+def _per_question_ms(seconds: float, outcome: LoadOutcome) -> float:
+    return 1000 * seconds / max(outcome.succeeded, 1)
+
+
+def _waits(poll_s: float | None) -> str:
+    if poll_s is None:
+        return "submits with `Prefer: wait=30` (then long-polls if need be)"
+    return f"polls every {poll_s * 1000:.0f} ms"
 
 
 def _outcome_details(outcome: LoadOutcome) -> dict[str, Any]:
@@ -154,7 +204,12 @@ def _outcome_details(outcome: LoadOutcome) -> dict[str, Any]:
 
 
 async def closed_loop_load(
-    api_url: str, questions: Sequence[str], *, concurrency: int, poll_s: float, max_s: float
+    api_url: str,
+    questions: Sequence[str],
+    *,
+    concurrency: int,
+    poll_s: float | None,
+    max_s: float,
 ) -> LoadOutcome:
     """`concurrency` clients, each asking, waiting for its answer, then asking the next."""
     outcome = LoadOutcome()
@@ -181,7 +236,9 @@ async def closed_loop_load(
     return outcome
 
 
-async def _ask(http: httpx.AsyncClient, question: str, poll_s: float, out: LoadOutcome) -> None:
+async def _ask(
+    http: httpx.AsyncClient, question: str, poll_s: float | None, out: LoadOutcome
+) -> None:
     try:
         await _ask_once(http, question, poll_s, out)
     except httpx.HTTPError:
@@ -190,28 +247,31 @@ async def _ask(http: httpx.AsyncClient, question: str, poll_s: float, out: LoadO
 
 
 async def _ask_once(
-    http: httpx.AsyncClient, question: str, poll_s: float, out: LoadOutcome
+    http: httpx.AsyncClient, question: str, poll_s: float | None, out: LoadOutcome
 ) -> None:
     started = time.perf_counter()
-    response = await http.post("/v1/questions", json={"question": question})
-    if response.status_code == 200:
+    # With the long poll, the submit itself waits first (`Prefer: wait`).
+    headers = {"Prefer": f"wait={LONG_POLL_S}"} if poll_s is None else {}
+    response = await http.post("/v1/questions", json={"question": question}, headers=headers)
+    job: dict[str, Any] = response.json() if response.status_code in (200, 202) else {}
+    if response.status_code == 200 and job.get("cached"):
         out.cached += 1
         return
-    if response.status_code != 202:
+    if response.status_code not in (200, 202):
         out.failed += 1
         return
-    poll = response.json()["poll"]
-    job: dict[str, Any] = {}
-    while time.perf_counter() - started < _JOB_TIMEOUT_S:
-        await asyncio.sleep(poll_s)
+    poll = job["poll"] if response.status_code == 202 else ""
+    while job.get("status") not in FINISHED_STATUSES:
+        if time.perf_counter() - started >= _JOB_TIMEOUT_S:
+            out.timed_out += 1
+            return
+        if poll_s is None:
+            job = (await http.get(poll, params={"wait": LONG_POLL_S})).json()
+        else:
+            await asyncio.sleep(poll_s)
+            job = (await http.get(poll)).json()
         out.polls += 1
-        job = (await http.get(poll)).json()
-        if job.get("status") in ("succeeded", "failed"):
-            break
-    else:
-        out.timed_out += 1
-        return
-    if job["status"] == "failed":
+    if job["status"] != "succeeded":
         out.failed += 1
         return
     out.succeeded += 1

@@ -29,6 +29,8 @@ __all__ = [
     "BREAKER_TRANSITIONS",
     "CACHE_REQUESTS",
     "DOCUMENTS",
+    "INDEX_BATCH_DOCUMENTS",
+    "INDEX_EMBEDDED_CHUNKS",
     "JOBS_REQUEUED",
     "LLM_COST",
     "LLM_REQUESTS",
@@ -36,6 +38,7 @@ __all__ = [
     "LLM_TOKENS",
     "QUESTIONS",
     "QUESTION_DURATION",
+    "REINDEX_CHUNKS",
     "RETRIEVAL_TOP_SCORE",
     "SEMANTIC_NEAR_MISSES",
     "SEMANTIC_REVALIDATIONS",
@@ -43,7 +46,9 @@ __all__ = [
     "TASKS",
     "TASK_DURATION",
     "TASK_QUEUE_WAIT",
+    "WEBHOOK_DELIVERIES",
     "count_cache",
+    "count_reindexed",
     "observe_answer_quality",
     "observe_llm_call",
     "observe_llm_usage",
@@ -105,10 +110,24 @@ TASK_QUEUE_WAIT = Histogram(
     ["queue"],
     buckets=_LATENCY_BUCKETS,
 )
+REINDEX_CHUNKS = Counter(
+    "scribes_reindex_chunks",
+    "Chunks a reindex wrote to the generation it builds, by how each got its vector: "
+    "copied (same model), cached (chunk-vector cache) or embedded.",
+    ["how"],
+)
 JOBS_REQUEUED = Counter(
     "scribes_jobs_requeued",
-    "Jobs and documents the stall sweep enqueued again, as their messages were lost.",
+    "Jobs, documents and webhook deliveries the stall sweep enqueued again, as their "
+    "messages were lost.",
     ["kind"],
+)
+
+WEBHOOK_DELIVERIES = Counter(
+    "scribes_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retried (failed, another attempt "
+    "follows), failed (given up: refused by the receiver, or the last attempt failed).",
+    ["outcome"],
 )
 
 QUESTIONS = Counter(
@@ -180,6 +199,17 @@ DOCUMENTS = Counter(
     "scribes_documents",
     "Document revisions that finished indexing, by outcome: indexed or failed.",
     ["outcome"],
+)
+INDEX_EMBEDDED_CHUNKS = Counter(
+    "scribes_index_embedded_chunks",
+    "Chunks batch embedding (the index pool) embedded, by the torch threads of their step: "
+    "every core while no question waits, one while any does.",
+    ["threads"],
+)
+INDEX_BATCH_DOCUMENTS = Histogram(
+    "scribes_index_batch_documents",
+    "Document revisions one index task embedded together (its own and other queued ones).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 
 API_REQUESTS = Counter(
@@ -255,6 +285,12 @@ def observe_semantic(hit: float | None, refused: Sequence[tuple[float, str]]) ->
         SEMANTIC_SIMILARITY.labels("near_miss").observe(max(score for score, _ in refused))
     for _, reason in refused:
         SEMANTIC_NEAR_MISSES.labels(reason).inc()
+
+
+def count_reindexed(*, copied: int, embedded: int, cached: int) -> None:
+    for how, n in (("copied", copied), ("embedded", embedded), ("cached", cached)):
+        if n:
+            REINDEX_CHUNKS.labels(how).inc(n)
 
 
 def count_cache(cache: str, *, hits: int, misses: int) -> None:

@@ -142,7 +142,7 @@ def test_readiness_and_status_answer(scribes_up: RunningUp) -> None:
     assert {"pool:embed", "pool:retrieve", "pool:generate", "pool:index", "vector_store"} <= set(
         status["checks"]
     )
-    assert set(status["queues"]) == {"embed", "retrieve", "generate", "index"}
+    assert set(status["queues"]) == {"embed", "retrieve", "generate", "index", "webhook"}
     assert status["usage"]["questions"] >= 1  # the --ask question, today
     printed = _scribes("status", env=scribes_up.env)
     assert printed.returncode == 0 and "ok   pool:embed (1 processes)" in printed.stdout

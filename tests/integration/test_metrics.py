@@ -22,7 +22,7 @@ from tests.integration.conftest import ALICE_KEY, BOB_KEY
 from tests.integration.test_question_path import MUSTARD, ask, ingest, unique
 from tests.metrics_scrape import Scrape, eventually, scrape
 
-QUEUES = {"embed", "retrieve", "generate", "index"}
+QUEUES = {"embed", "retrieve", "generate", "index", "webhook"}
 POOLS = {"embed", "retrieve", "generate", "index"}
 
 
@@ -60,7 +60,7 @@ def test_one_scrape_counts_every_process_and_the_cost_of_each_job(cluster: Clust
         # The embed pool is prefork: its counts come from a child process, not the one
         # that was started, and reach the same scrape.
         for queue, task in (
-            ("embed", "scribes.embed.query"),
+            ("embed", "scribes.embed.pending"),
             ("retrieve", "scribes.retrieve.context"),
             ("generate", "scribes.generate.answer"),
         ):
@@ -212,7 +212,7 @@ def test_the_exporter_serves_a_hosts_directory_and_the_system_wide_series(
         from_exporter = eventually(served, timeout_s=60)
         from_api = _metrics(cluster)
         # The same host's processes as the API's scrape, and the system-wide series.
-        embedded = {"queue": "embed", "task": "scribes.embed.query", "outcome": "succeeded"}
+        embedded = {"queue": "embed", "task": "scribes.embed.pending", "outcome": "succeeded"}
         assert from_exporter.value("scribes_tasks_total", embedded) >= 1
         assert from_exporter.value("scribes_tasks_total", embedded) <= from_api.value(
             "scribes_tasks_total", embedded

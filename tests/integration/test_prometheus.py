@@ -167,7 +167,7 @@ def test_prometheus_scrapes_the_api_with_the_deployed_token(
     # The series the rules read at scrape time are there for every queue and pool.
     for name in ("scribes_queue_depth", "scribes_queue_oldest_age_seconds"):
         queues = {s["metric"]["queue"] for s in prometheus.query(f'{name}{{job="scribes-api"}}')}
-        assert queues == {"embed", "retrieve", "generate", "index"}, name
+        assert queues == {"embed", "retrieve", "generate", "index", "webhook"}, name
     pools = prometheus.query('max by (pool) (scribes_pool_up{job="scribes-api"})')
     assert {s["metric"]["pool"]: s["value"][1] for s in pools} == {
         "embed": "1",

@@ -117,7 +117,7 @@ def test_waiting_questions_are_embedded_together_and_only_once(client: redis.Red
     assert [waiting.job_id for waiting in batch] == [first, second]
     assert all(waiting.question == "q?" for waiting in batch)
 
-    pending.attach({first: "AAAA", second: "BBBB", done: "CCCC"})
+    pending.attach({first: "AAAA", second: "BBBB", done: "CCCC"}, model="m")
     assert client.hget(f"scribes:job:{second}", "query_vector") == "BBBB"
     # A finished job is not touched, and nothing is left waiting.
     assert client.hget(f"scribes:job:{done}", "query_vector") is None

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -25,6 +26,7 @@ from tasks.retrieve import retrieve_context
 from tasks.store import store_purge
 
 TENANT = "base-tenant"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,16 @@ def wait_for(timings: list[TaskTiming], task: str, count: int = 1) -> list[TaskT
     raise AssertionError(f"{task} did not run: {timings}")
 
 
+def eventually(probe: Callable[[], T | Literal[False] | None]) -> T:
+    """What `probe` returns once it is truthy: a failure is written by `on_failure`, which
+    Celery calls just after the run's timing is reported."""
+    deadline = time.monotonic() + 10
+    while not (found := probe()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert found, "the condition never held"
+    return found
+
+
 def test_a_task_reports_its_queue_wait_and_run_time(
     timings: list[TaskTiming], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -109,11 +121,14 @@ def test_a_question_task_that_gives_up_fails_its_job_with_a_reason(
         kwargs={"job_id": job_id}, headers={TENANT_HEADER: TENANT, REQUEST_ID_HEADER: "req-7"}
     )
     [timing] = wait_for(timings, "scribes.retrieve.context")
-    job = services.jobs.get(job_id)
     assert timing.outcome == "failed"
+    # The timing is reported as the run ends; Celery calls on_failure just after it.
+    warned = eventually(
+        lambda: [r for r in caplog.records if r.getMessage().startswith("job failed in")]
+    )
+    job = services.jobs.get(job_id)
     assert job is not None and job.status is JobStatus.FAILED and job.error is not None
     assert job.error.code == "internal_error" and "Error" in job.error.message
-    warned = [r for r in caplog.records if r.getMessage().startswith("job failed in")]
     ids = getattr(warned[0], "scribes_ids", None) if warned else None
     assert ids == f" job={job_id} tenant={TENANT} request=req-7"
 
@@ -129,7 +144,9 @@ def test_an_index_task_is_retried_then_fails_its_document_with_the_reason(
         kwargs={"tenant": TENANT, "document_id": "broken", "revision": record.revision}
     )
     runs = wait_for(timings, "scribes.index.document", count=4)
-    failed = services.documents.get(TENANT, "broken")
+    failed = eventually(
+        lambda: (d := services.documents.get(TENANT, "broken")) and d.error is not None and d
+    )
     # Three retries with backoff, then it gives up and says why.
     assert [t.outcome for t in runs] == ["retried", "retried", "retried", "failed"]
     assert failed is not None and failed.status is DocumentStatus.FAILED
@@ -174,6 +191,34 @@ def test_the_sweep_enqueues_a_stalled_job_again_from_its_stage(
     assert jobs.stalled(quiet_since=time.time()) == [stuck]  # still watched, clock reset
     assert requeue_stalled(jobs, stall_s=30, deadline_s=300) == []
     client.delete("generate")
+
+
+def test_the_sweep_sends_a_job_embedded_in_a_batch_on_to_retrieve_not_back_to_embed(
+    services: Services, timings: list[TaskTiming]
+) -> None:
+    """Its batch's task embedded it, sent it on and marked it so; then its retrieve message
+    was lost (a Redis killed before its append-only file had it). Its own embed task would
+    stop at the mark: the sweep must send it to retrieve."""
+    from tasks.pipeline import requeue_stalled
+
+    jobs, client = services.jobs, services.redis
+    job_id = new_job_id()
+    jobs.create(
+        job_id=job_id, tenant=TENANT, question="q?", top_k=3, corpus_version=0, answer_cache_key="k"
+    )
+    services.pending.add(job_id)
+    services.pending.attach({job_id: "%%%"}, model="m")  # a vector retrieve cannot read
+    assert jobs.embedded_elsewhere([job_id]) == [job_id]
+    jobs.handed_on([job_id])
+    runs = len([t for t in timings if t.task == "scribes.retrieve.context"])
+    embed_before = client.llen("embed")
+
+    assert job_id in requeue_stalled(jobs, stall_s=0, deadline_s=300)
+
+    wait_for(timings, "scribes.retrieve.context", count=runs + 1)
+    assert client.llen("embed") == embed_before
+    job = eventually(lambda: (j := jobs.get(job_id)) and j.finished and j)
+    assert job.stamps.get("retrieve_started_at") is not None
 
 
 def test_the_sweep_indexes_a_document_whose_message_was_lost(

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from scribes.cli import SAMPLES_DIR, main
-from scribes.client import ApiFailure, ScribesClient
+from scribes.client import Retries, Scribes, ScribesError
 from scribes.evaluate import (
     EvalReport,
     LabelledQuestion,
@@ -133,8 +133,8 @@ def test_a_job_without_quality_is_not_measured() -> None:
 def test_an_unreachable_api_stops_the_run() -> None:
     port = free_port()
     with (
-        ScribesClient(f"http://127.0.0.1:{port}", timeout_s=2) as client,
-        pytest.raises(ApiFailure) as caught,
+        Scribes(f"http://127.0.0.1:{port}", api_key="", retries=Retries(attempts=1)) as client,
+        pytest.raises(ScribesError) as caught,
     ):
         run_labelled_set(client, [LabelledQuestion(1, "q", ("a",))] * 6, top_k=3)
     assert caught.value.code == "api_unreachable"
