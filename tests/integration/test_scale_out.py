@@ -158,17 +158,21 @@ def test_a_third_embed_worker_takes_work(hosts: TwoHosts) -> None:
     assert all(n > 0 for n in embedded.values()), embedded
 
 
-def _running_on(hosts: TwoHosts, node: str) -> dict[str, str]:
-    """Task id to job id of the tasks `node` is running now (Celery's `inspect active`)."""
+def _just_started_on(hosts: TwoHosts, node: str, within_s: float) -> dict[str, str]:
+    """Task id to job id of the tasks `node` is running now (Celery's `inspect active`) that
+    started less than `within_s` ago, so that they are still running when the test acts: one
+    caught near its end could finish between the reply and the kill, and never come back."""
     app = Celery("scribes-test-active", broker=hosts.redis_url, set_as_current=False)
     try:
         replies = app.control.inspect(destination=[node], timeout=5).active() or {}
     finally:
         app.close()
+    now = time.time()  # `time_start` is the worker's wall clock: the same machine's
     return {
         str(task["id"]): str(task["kwargs"]["job_id"])
         for tasks in replies.values()
         for task in tasks
+        if task.get("time_start") and now - float(task["time_start"]) < within_s
     }
 
 
@@ -178,8 +182,9 @@ def test_a_host_killed_under_load_loses_no_question(hosts: TwoHosts) -> None:
     assert (settings.visibility_timeout_s, settings.stall_s) == (20, 90.0)
     hosts.b.wait_ready()
     tag = f"kill-{uuid.uuid4().hex[:6]}"
-    # Each model call takes 2 s, so that host B is in the middle of some when it dies.
-    hosts.llm.delay(2.0)
+    # Each model call takes 3 s, and host B dies within a second of starting one: it is in
+    # the middle of that call when it dies.
+    hosts.llm.delay(3.0)
     jobs: list[str] = []
     finished: list[dict[str, Any]] = []
     stop = threading.Event()
@@ -199,7 +204,7 @@ def test_a_host_killed_under_load_loses_no_question(hosts: TwoHosts) -> None:
                 deadline = time.monotonic() + 120
                 while not held:
                     assert time.monotonic() < deadline, "host B never ran a question"
-                    held = _running_on(hosts, hosts.b.node("generate"))
+                    held = _just_started_on(hosts, hosts.b.node("generate"), within_s=1.0)
                 hosts.b.kill()
                 # Questions asked after the death go to host A alone.
                 stop.wait(5.0)
