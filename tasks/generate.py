@@ -125,9 +125,11 @@ def write_answer(
             if spent_on_cancelled is not None:
                 spent_on_cancelled(job, exc.spent, exc.model)
             return True
-    succeeded = jobs.succeed(job_id, answer, last_stage=Stage.GENERATE)
-    if succeeded and answer.cacheable and job.cache_mode.writes:
+    # Cached before the job is seen finished: a client that asks again the moment it
+    # reads the answer finds it in the exact cache, and pays for no second call.
+    if answer.cacheable and job.cache_mode.writes:
         answers.put(job.answer_cache_key, answer)
+    jobs.succeed(job_id, answer, last_stage=Stage.GENERATE)
     return True
 
 

@@ -96,8 +96,10 @@ def find_passages(
     if not passages:
         # Nothing relevant: say so plainly and never spend a call on the writer.
         answer = no_context_answer()
-        if jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE) and mode.writes:
+        # Cached first, as in generate: asked again at once, it is an exact hit.
+        if mode.writes:
             answers.put(job.answer_cache_key, answer)
+        jobs.succeed(job_id, answer, last_stage=Stage.RETRIEVE)
         return Retrieved.NO_CONTEXT
     # Only where the job's exact-cache key is of the version searched: an answer kept under
     # an older version's key may have been written from older notes by another job.
@@ -141,16 +143,16 @@ def _answered_from(
     observe_semantic(hit.similarity if hit else None, found.refused)
     if hit is None:
         return False
-    finished = jobs.succeed(
+    if hit.revalidated and job.corpus_version == version:
+        # Still true at this version: the next time these very words are asked, the API
+        # answers them from the exact cache (written first, as in generate).
+        answers.put(job.answer_cache_key, hit.answer)
+    jobs.succeed(
         job.id,
         hit.answer,
         last_stage=Stage.RETRIEVE,
         semantic=SemanticSource(hit.question, hit.similarity),
     )
-    if finished and hit.revalidated and job.corpus_version == version:
-        # Still true at this version: the next time these very words are asked, the API
-        # answers them from the exact cache.
-        answers.put(job.answer_cache_key, hit.answer)
     return True
 
 

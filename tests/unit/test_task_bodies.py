@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from rag.records.staging import ChunkStaging
 from rag.settings import Settings
 from rag.store import VectorStore, open_vector_store
 from rag.tokens import TokenCounter, load_token_counter
-from rag.types import ChunkPoint, Failure
+from rag.types import Answer, ChunkPoint, Failure
 from rag.writers.anthropic import AnthropicWriter
 from rag.writers.base import TransientLLMError
 from rag.writers.extractive import ExtractiveWriter
@@ -428,6 +429,50 @@ def test_retrieve_embeds_again_a_question_whose_model_is_not_the_stores(
     assert recorded is not None and recorded.query_model == embedder.model_name
     assert search(same) is Retrieved.PASSAGES
     assert asked == [question]
+
+
+class _WatchedJobs(JobStore):
+    """Real job records that note, as each job is seen finished, whether its answer is
+    in the exact cache yet."""
+
+    def __init__(self, redis: Redis, answers: AnswerCache) -> None:
+        super().__init__(redis, ttl_s=600)
+        self.answers = answers
+        self.cached_when_finished: list[bool] = []
+
+    def succeed(self, job_id: str, answer: Answer, **kwargs: Any) -> bool:
+        job = self.get(job_id)
+        assert job is not None
+        self.cached_when_finished.append(self.answers.get(job.answer_cache_key) is not None)
+        return super().succeed(job_id, answer, **kwargs)
+
+
+def test_an_answer_is_in_the_exact_cache_before_its_job_is_seen_finished(
+    redis: Redis, store: VectorStore, embedder: Embedder, counter: TokenCounter
+) -> None:
+    # A client that reads the answer and asks again at once gets it from the cache; it
+    # must not find the cache a step behind and pay for a second model call.
+    answers = AnswerCache(redis, ttl_s=600)
+    index(redis, store, embedder, counter, "manna", MANNA)
+    written = new_job(redis, "What happened to manna kept overnight?")
+    embedded(redis, embedder, written)
+    assert retrieved(redis, store, written) is Retrieved.PASSAGES
+    jobs = _WatchedJobs(redis, answers)
+    assert write_answer(written, jobs=jobs, writer=ExtractiveWriter(), answers=answers)
+
+    # The plain "nothing relevant" answer, written by retrieve, too.
+    unanswerable = new_job(redis, "Which harbour did the whaling fleet winter in?")
+    embedded(redis, embedder, unanswerable)
+    outcome = find_passages(
+        unanswerable,
+        jobs=jobs,
+        store=store,
+        documents=DocumentRegistry(redis),
+        answers=answers,
+        score_threshold=SETTINGS.score_threshold,
+    )
+    assert outcome is Retrieved.NO_CONTEXT
+    assert jobs.cached_when_finished == [True, True]
 
 
 def test_generate_writes_caches_and_prices_the_answer(
