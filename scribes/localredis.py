@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,27 @@ import redis
 __all__ = ["LocalRedis", "find_redis_server", "free_port", "port_free", "redis_answers"]
 
 
+# Where ports are picked from: below the kernel's ephemeral range, from which it also takes
+# the source port of every outgoing connection. A port picked from that range can be taken
+# by one (the pools open dozens to Redis) before the server that was to bind it starts.
+_PICK_FROM = 10_000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default; the check in `free_port` covers any other system
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on now, outside the kernel's ephemeral range."""
+    end = _ephemeral_start()
+    if end > _PICK_FROM + 1_000:
+        for _ in range(100):
+            port = random.randrange(_PICK_FROM, end)
+            if port_free(port):
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
