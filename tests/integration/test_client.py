@@ -113,7 +113,7 @@ def test_wait_times_out_while_no_pool_takes_the_job_then_finishes_it(
         started = time.monotonic()
         with pytest.raises(Timeout) as caught:
             client.wait(job.id, timeout_s=1.5)
-        assert 1.5 <= time.monotonic() - started < 4
+        assert 1.5 <= time.monotonic() - started < 10  # the wait ran out; no 60 s hang
         assert caught.value.job.id == job.id and caught.value.job.status == "queued"
     assert client.wait(job.id, timeout_s=60).succeeded
 

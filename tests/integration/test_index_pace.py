@@ -42,10 +42,17 @@ def paused(cluster: Cluster, pool: str) -> Iterator[None]:
     # Not made the current app: the tasks of later tests would be sent through it, with
     # none of tasks.app's routes, to a queue no pool reads.
     control = Celery("scribes-test-control", broker=cluster.redis_url, set_as_current=False).control
-    options: dict[str, Any] = {"destination": [f"{pool}@{socket.gethostname()}"], "reply": True}
-    replies = control.cancel_consumer(queue.value, **options)
-    assert "no longer consuming" in str(replies), replies
+    # A reply is awaited up to `timeout` (Celery's default, 1 s, is short on a loaded
+    # machine); with a destination, the call returns at its first reply. The pool takes its
+    # queue back even when the cancel's reply is late: a pool left deaf stalls later tests.
+    options: dict[str, Any] = {
+        "destination": [f"{pool}@{socket.gethostname()}"],
+        "reply": True,
+        "timeout": 10,
+    }
     try:
+        replies = control.cancel_consumer(queue.value, **options)
+        assert "no longer consuming" in str(replies), replies
         yield
     finally:
         replies = control.add_consumer(queue.value, **options)

@@ -120,7 +120,7 @@ def test_a_killed_child_is_restarted_after_1_s_and_its_orphans_are_killed(
     took = _supervise_until(supervisor, lambda: supervisor.children["pool:demo"] is not first)
 
     assert lines == [f"pool:demo killed by SIGKILL; restart 1 in 1 s; log {log}"]
-    assert 1.0 <= took < 2.5
+    assert 1.0 <= took < 4  # the first restart waits 1 s; the log line names it
     assert first.returncode == -signal.SIGKILL
     orphan.wait(5)  # raises if the orphan is still there
     again = supervisor.children["pool:demo"]

@@ -45,9 +45,9 @@ def test_only_the_first_submit_schedules_a_task_until_the_task_starts(redis: Red
 
 def test_a_schedule_whose_task_never_starts_lapses(redis: Redis) -> None:
     pending = PendingQuestions(redis, max_age_s=300)
-    assert pending.schedule(ttl_s=0.2)
-    assert not pending.schedule(ttl_s=0.2)
-    time.sleep(0.3)
+    assert pending.schedule(ttl_s=1.0)
+    assert not pending.schedule(ttl_s=1.0)  # a stall of a second would end it first
+    time.sleep(1.1)
     assert pending.schedule()
 
 
