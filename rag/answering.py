@@ -14,7 +14,7 @@ from rag.writers.pricing import cost_usd
 from rag.writers.prompt import SYSTEM_PROMPT
 from rag.writers.stream import StreamCleaner
 
-__all__ = ["NO_CONTEXT_ANSWER", "compose_answer", "no_context_answer"]
+__all__ = ["NO_CONTEXT_ANSWER", "compose_answer", "no_context_answer", "priced"]
 
 NO_CONTEXT_ANSWER = (
     "Your notes don't cover this. Nothing you have written matches the question closely "
@@ -51,7 +51,7 @@ def compose_answer(
     else:
         draft = _write_streaming(question, passages, writer, on_answer_text, keep_going)
     finished = finish_answer(draft.text, passages, system_prompt=SYSTEM_PROMPT)
-    usage = _priced(draft.model, draft.usage)
+    usage = priced(draft.model, draft.usage)
     quality = measure_quality(passages, finished.text)
     if not finished.usable:
         return Answer(
@@ -65,7 +65,8 @@ def compose_answer(
     )
 
 
-def _priced(model: str, usage: Usage) -> Usage:
+def priced(model: str, usage: Usage) -> Usage:
+    """`usage` with its dollars, at `model`'s price (the extractive writer's is 0)."""
     return usage.priced(Decimal(0) if model == EXTRACTIVE_MODEL else cost_usd(model, usage))
 
 
@@ -87,11 +88,11 @@ def _write_streaming(
     try:
         draft = writer.write_streaming(question, passages, on_text)
     except CallAbandoned as exc:
-        raise CallAbandoned(_priced(exc.model, exc.spent), exc.model) from exc
+        raise CallAbandoned(priced(exc.model, exc.spent), exc.model) from exc
     if rest := cleaner.finish():
         try:
             on_answer_text(rest)
         except Abandoned as exc:
             # The call is over: what it spent is the whole draft's usage.
-            raise CallAbandoned(_priced(draft.model, draft.usage), draft.model) from exc
+            raise CallAbandoned(priced(draft.model, draft.usage), draft.model) from exc
     return draft

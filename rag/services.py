@@ -102,11 +102,13 @@ class Services:
     def webhooks(self) -> WebhookDeliveries:
         return WebhookDeliveries(self.redis)
 
-    def abandoned_call(self, job: JobRecord, spent: Usage, model: str) -> None:
-        """A model call stopped because its job was cancelled: what it spent still counts,
-        in the ledger (once, beside the job's own entry) and in the token counters."""
+    def spent_without_answer(self, job: JobRecord, spent: Usage, model: str, call: str) -> None:
+        """A model call that ended without an answer, stopped because its job was cancelled
+        (`call` "abandoned") or broken off part-way before a retry: what it spent still
+        counts, in the ledger (once per `call`, beside the job's own entry) and in the token
+        counters."""
         answer = Answer(text="", model=model, usage=spent)
-        event = JobFinished(f"{job.id}:abandoned", job.tenant, "abandoned", "miss", 0.0, answer)
+        event = JobFinished(f"{job.id}:{call}", job.tenant, "abandoned", "miss", 0.0, answer)
         self.usage.record(event)
         if spent != Usage():
             observe_llm_usage(model, spent, job.tenant)

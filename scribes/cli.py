@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from rag.settings import ConfigurationError, Settings, get_settings
-from scribes.client import ApiError, Job, JobEvent, Retries, Scribes, ScribesError, TextEvent
+from scribes.client import (
+    ApiError,
+    Job,
+    JobEvent,
+    RestartEvent,
+    Retries,
+    Scribes,
+    ScribesError,
+    TextEvent,
+)
 from scribes.notefiles import collect_note_files, read_note
 from workers.pools import POOLS, worker_command
 
@@ -418,6 +427,9 @@ def _stream_answer(client: Scribes, job_id: str, timeout_s: float) -> Job:
             if isinstance(event, TextEvent):
                 click.echo(event.text, nl=False)
                 shown = shown or bool(event.text)
+            elif isinstance(event, RestartEvent) and shown:
+                # What was printed cannot be taken back: say so, and start a fresh line.
+                click.echo("\n(the model broke off; its answer again:)")
             elif isinstance(event, JobEvent):
                 job = event.job
                 if shown:

@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -22,7 +23,7 @@ from dataclasses import replace
 from celery.exceptions import Ignore
 from redis import RedisError
 
-from rag.answering import compose_answer
+from rag.answering import compose_answer, priced
 from rag.breaker import Breaker, BreakerState
 from rag.budgets import Budgets
 from rag.caches.answers import AnswerCache
@@ -34,6 +35,7 @@ from rag.writers.base import (
     Abandoned,
     AnswerWriter,
     CallAbandoned,
+    LLMError,
     PermanentLLMError,
     TransientLLMError,
 )
@@ -76,14 +78,15 @@ def write_answer(
     breaker: Breaker | None = None,
     fallback: AnswerWriter | None = None,
     budgets: Budgets | None = None,
-    spent_on_cancelled: SpendRecorder | None = None,
+    spent_without_answer: SpendRecorder | None = None,
 ) -> bool:
     """Write, finish and cache the job's answer; False when the job is not ours to move.
 
     A writer that streams hands the job's event stream the answer's text as the leak filter
     clears it. A job cancelled meanwhile has its model call abandoned at the next piece the
     model writes: no answer is written, and what the call spent goes to
-    `spent_on_cancelled` (the usage ledger).
+    `spent_without_answer` (the usage ledger), as does what a model call that broke off
+    part-way had cost before its error is raised for a retry.
 
     `breaker` guards `writer` (None: the writer needs no guard, as the extractive one).
     `budgets` are checked before the model is called: a spent budget fails the job
@@ -118,12 +121,18 @@ def write_answer(
                 )
             else:
                 answer = _guarded_answer(
-                    job, jobs=jobs, writer=writer, breaker=breaker, fallback=fallback, stream=stream
+                    job,
+                    jobs=jobs,
+                    writer=writer,
+                    breaker=breaker,
+                    fallback=fallback,
+                    stream=stream,
+                    spent_without_answer=spent_without_answer,
                 )
         except CallAbandoned as exc:
             log.info("job %s was cancelled; its model call was abandoned", job_id)
-            if spent_on_cancelled is not None:
-                spent_on_cancelled(job, exc.spent, exc.model)
+            if spent_without_answer is not None:
+                spent_without_answer(job, exc.spent, exc.model, "abandoned")
             return True
     # Cached before the job is seen finished: a client that asks again the moment it
     # reads the answer finds it in the exact cache, and pays for no second call.
@@ -141,6 +150,7 @@ def _guarded_answer(
     breaker: Breaker,
     fallback: AnswerWriter | None,
     stream: _AnswerStream,
+    spent_without_answer: SpendRecorder | None = None,
 ) -> Answer:
     """The answer from one model call under the job's call claim and the breaker's permit.
 
@@ -172,12 +182,14 @@ def _guarded_answer(
             raise
         except TransientLLMError as exc:
             observe_llm_call(model, "transient_error", time.perf_counter() - started)
+            _count_failed_call(job, model, exc, spent_without_answer)
             if breaker.failed(permit, retry_after=exc.retry_after) is not BreakerState.CLOSED:
                 # An outage, not this job's bad luck: wait for it without using up retries.
                 raise CircuitOpen(time.time() + 1, f"the model is failing ({exc})") from exc
             raise
-        except PermanentLLMError:
+        except PermanentLLMError as exc:
             observe_llm_call(model, "permanent_error", time.perf_counter() - started)
+            _count_failed_call(job, model, exc, spent_without_answer)
             breaker.succeeded(permit)  # the model answered; the request was at fault
             raise
     # Its tokens and dollars are counted with the job, as it finishes (rag.services).
@@ -186,7 +198,21 @@ def _guarded_answer(
     return answer
 
 
-SpendRecorder = Callable[[JobRecord, Usage, str], None]
+# (the job, what the call spent, its model, which of the job's calls it was): a call that
+# ended without an answer, whose spend still counts.
+SpendRecorder = Callable[[JobRecord, Usage, str, str], None]
+
+
+def _count_failed_call(
+    job: JobRecord, model: str, exc: LLMError, record: SpendRecorder | None
+) -> None:
+    """What a call that broke off part-way spent is billed: count it before the retry."""
+    if exc.spent is None or record is None:
+        return
+    try:
+        record(job, priced(model, exc.spent), model, f"failed-{uuid.uuid4().hex}")
+    except Exception:  # counting must never turn a retry into a failure
+        log.exception("could not count what job %s's failed model call spent", job.id)
 
 
 class _AnswerStream:
@@ -199,9 +225,11 @@ class _AnswerStream:
         self._jobs = jobs
         self._job_id = job_id
         self._checked = time.monotonic()
+        self._first = True  # one stream per delivery of the task, so per model call
 
     def text(self, cleared: str) -> None:
-        if not self._jobs.add_text(self._job_id, cleared):
+        first, self._first = self._first, False
+        if not self._jobs.add_text(self._job_id, cleared, first=first):
             raise Abandoned()
 
     def keep_going(self) -> None:
@@ -259,7 +287,7 @@ def generate_answer(self: ScribesTask, *, job_id: str) -> None:
             breaker=services.llm_breaker if guarded else None,
             fallback=services.fallback_writer,
             budgets=services.budgets if guarded else None,
-            spent_on_cancelled=services.abandoned_call,
+            spent_without_answer=services.spent_without_answer,
         )
     except CircuitOpen as exc:
         # A little jitter, so that the jobs waiting on one probe do not all come back at once.

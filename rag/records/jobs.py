@@ -129,10 +129,19 @@ return 1
 
 # Text the model has written, for a job still running: 1 if added, 0 if the job has
 # finished (cancelled, most likely) or is gone. KEYS: the record, the stream.
-# ARGV: the event's JSON, ttl.
+# ARGV: the event's JSON, ttl, "1" for a model call's first piece. A first piece of a job
+# that has streamed text before (a call retried, or redelivered after its pool died) is
+# preceded by a `restart` event: the text so far is void, the answer is written again.
 _ADD_TEXT = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or {lua_is_finished("status")} then return 0 end
+if ARGV[3] == '1' then
+  if redis.call('HGET', KEYS[1], 'streamed') == '1' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'restart', '{{}}')
+  else
+    redis.call('HSET', KEYS[1], 'streamed', '1')
+  end
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'text', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('PUBLISH', KEYS[2], 'text')
@@ -281,7 +290,7 @@ def _answer_of(raw: dict[str, str]) -> Answer | None:
 @dataclass(frozen=True, slots=True)
 class JobEvent:
     """One entry of a job's event stream: `id` is the stream's (what SSE's Last-Event-ID
-    names), `kind` is stage, note, text or done, `data` its JSON object."""
+    names), `kind` is stage, note, text, restart or done, `data` its JSON object."""
 
     id: str
     kind: str
@@ -639,13 +648,17 @@ class JobStore:
             )
         return bool(moved)
 
-    def add_text(self, job_id: str, text: str) -> bool:
+    def add_text(self, job_id: str, text: str, *, first: bool = False) -> bool:
         """Add answer text the model has written (and the leak filter cleared) to the job's
-        stream; False when the job has finished meanwhile: the caller stops writing."""
+        stream; False when the job has finished meanwhile: the caller stops writing.
+
+        `first`: the first piece of a model call. If the job streamed text before (an
+        earlier call broke off), a `restart` event goes first, telling readers to drop it.
+        """
         return bool(
             self._add_text(
                 keys=[job_key(job_id), job_events_key(job_id)],
-                args=[json.dumps({"text": text}), self._ttl_s],
+                args=[json.dumps({"text": text}), self._ttl_s, "1" if first else "0"],
             )
         )
 

@@ -12,9 +12,10 @@ Fields of a day's hash: `questions`, `failed`, `no_context`, `cancelled`, `degra
 (answers of a model with no known price) and `cost:<model>`; `cost` is the day's dollars. The
 model comes last in a field because a model name may hold a colon (Bedrock's do).
 
-A model call abandoned because its job was cancelled (`outcome` "abandoned") adds what it
-had spent to the tokens and dollars, under its own at-most-once mark, but no question and
-no answer: the job itself was counted once, as cancelled.
+A model call that ended without an answer (`outcome` "abandoned": stopped because its job
+was cancelled, or broken off part-way by an error before a retry) adds what it had spent
+to the tokens and dollars, under its own at-most-once mark, but no question and no answer:
+the job itself is counted once, as it finishes.
 
 Dollars are stored as decimal strings with nine places ("0.001234500") and added digit by digit
 inside the script: Lua's numbers are doubles, in which 0.000003 added 10,000 times is not 0.03.

@@ -132,6 +132,8 @@ class AnthropicWriter:
             except LLMError as exc:
                 # The span's status and exception event come from the context manager.
                 span.set_attribute("error.type", exc.error_type or type(exc).__name__)
+                if exc.spent is not None and span.is_recording():
+                    span.set_attributes(_usage_attributes(exc.spent))
                 cause = exc.__cause__
                 if isinstance(cause, anthropic.APIStatusError) and cause.request_id:
                     span.set_attribute("anthropic.request.id", cause.request_id)
@@ -175,14 +177,26 @@ class AnthropicWriter:
                 messages=messages,
             ) as stream:
                 received: list[str] = []
-                for event in stream:
-                    if event.type == "text":
-                        received.append(event.text)
-                        try:
-                            on_text(event.text)
-                        except Abandoned as exc:
-                            # Leaving the `with` closes the response, and so the connection.
-                            raise CallAbandoned(self._spent(stream, received), self.model) from exc
+                begun = False
+                try:
+                    for event in stream:
+                        if event.type == "message_start":
+                            begun = True
+                        elif event.type == "text":
+                            received.append(event.text)
+                            try:
+                                on_text(event.text)
+                            except Abandoned as exc:
+                                # Leaving the `with` closes the response, and the connection.
+                                spent = self._spent(stream, received)
+                                raise CallAbandoned(spent, self.model) from exc
+                except anthropic.AnthropicError as exc:
+                    # Broken off part-way (an error event, a dropped connection): what the
+                    # call had cost goes with the error, to be counted all the same.
+                    error = self._llm_error(exc)
+                    if begun:
+                        error.spent = self._spent(stream, received)
+                    raise error from exc
                 return stream.get_final_message(), stream.request_id
         except anthropic.AnthropicError as exc:
             raise self._llm_error(exc) from exc

@@ -19,7 +19,12 @@ __all__ = [
 
 
 class LLMError(Exception):
-    """The model call failed; `status` and `error_type` are Anthropic's, when it answered."""
+    """The model call failed; `status` and `error_type` are Anthropic's, when it answered.
+
+    `spent` is what a call that failed part-way had already cost (a stream that broke off
+    after it began: its input was read and some output written, and both are billed), or
+    None when it failed before the model began.
+    """
 
     def __init__(
         self, message: str, *, status: int | None = None, error_type: str | None = None
@@ -27,6 +32,7 @@ class LLMError(Exception):
         super().__init__(message)
         self.status = status
         self.error_type = error_type
+        self.spent: Usage | None = None
 
 
 class TransientLLMError(LLMError):

@@ -17,7 +17,14 @@ from __future__ import annotations
 from scribes.client.aio import AsyncScribes
 from scribes.client.calls import Retries
 from scribes.client.errors import ApiError, ScribesError, Timeout, Unreachable
-from scribes.client.events import Event, JobEvent, NoteEvent, StageEvent, TextEvent
+from scribes.client.events import (
+    Event,
+    JobEvent,
+    NoteEvent,
+    RestartEvent,
+    StageEvent,
+    TextEvent,
+)
 from scribes.client.models import (
     Budget,
     BudgetPeriod,
@@ -48,6 +55,7 @@ __all__ = [
     "ModelUsage",
     "NoteEvent",
     "Question",
+    "RestartEvent",
     "Retries",
     "Scribes",
     "ScribesError",

@@ -98,10 +98,19 @@ class NoteEvent:
 
 @dataclass(frozen=True, slots=True)
 class TextEvent:
-    """The next piece of the answer, cleaned; the pieces joined are the final answer."""
+    """The next piece of the answer, cleaned; the pieces since the last `RestartEvent`
+    joined are the final answer."""
 
     id: str | None
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestartEvent:
+    """The model is writing the answer again (its call broke off and was retried, or its
+    worker was lost): drop the text received so far."""
+
+    id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +121,7 @@ class JobEvent:
     job: Job
 
 
-Event = StageEvent | NoteEvent | TextEvent | JobEvent
+Event = StageEvent | NoteEvent | TextEvent | RestartEvent | JobEvent
 
 
 def typed_event(sse: ServerSentEvent) -> Event | None:
@@ -129,6 +138,8 @@ def typed_event(sse: ServerSentEvent) -> Event | None:
         return NoteEvent(sse.id, str(data.get("note") or ""))
     if sse.event == "text":
         return TextEvent(sse.id, str(data.get("text", "")))
+    if sse.event == "restart":
+        return RestartEvent(sse.id)
     if sse.event == "job":
         return JobEvent(sse.id, Job.from_json(data))
     return None

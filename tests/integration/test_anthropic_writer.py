@@ -396,6 +396,20 @@ def test_an_error_event_mid_stream_is_mapped_by_its_type(
     assert len(deltas) == 2
     (call,) = fake.wait_calls(1)
     assert call.pieces_sent == 2 and not call.completed
+    # The model had begun: its input, and the output written so far, are billed all the same.
+    spent = caught.value.spent
+    assert spent is not None
+    assert spent.input_tokens == call.response["usage"]["input_tokens"] > 0
+    assert spent.output_tokens == words("".join(deltas)) > 0
+
+
+def test_a_call_refused_before_the_model_began_spent_nothing(
+    writer: AnthropicWriter, fake: FakeAnthropic
+) -> None:
+    fake.fail_next(529)
+    with pytest.raises(TransientLLMError) as caught:
+        writer.write_streaming("q", PASSAGES, lambda _: None)
+    assert caught.value.spent is None
 
 
 def test_an_error_before_the_stream_starts_is_an_ordinary_error_response(

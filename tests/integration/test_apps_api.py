@@ -446,14 +446,18 @@ def test_a_cancelled_question_is_counted_in_usage(alice: httpx.Client, jobs: Job
 # The answer's text as the model writes it, and a cancel while it writes
 
 
+# Sentences the leak filter clears early, each citing the lighthouse note.
+LAMP_ANSWER = (
+    "The keeper polishes the lens on Thursdays [1]. She does it at dusk, when the light "
+    "is low over the water [1]. The spare wicks are kept in a tin by the door [1]. "
+    "That tin is marked with a blue heron, as your notes say [1]."
+)
+
+
 @pytest.fixture
 def slow_model(fake_llm: FakeAnthropic) -> Iterator[FakeAnthropic]:
     """The model writes its pieces 0.3 s apart, in sentences the leak filter clears early."""
-    fake_llm.answer_with(
-        "The keeper polishes the lens on Thursdays [1]. She does it at dusk, when the light "
-        "is low over the water [1]. The spare wicks are kept in a tin by the door [1]. "
-        "That tin is marked with a blue heron, as your notes say [1]."
-    )
+    fake_llm.answer_with(LAMP_ANSWER)
     fake_llm.stream_delay(0.3)
     try:
         yield fake_llm
@@ -479,6 +483,35 @@ def test_the_answers_text_streams_as_the_model_writes_it_and_joins_to_the_answer
     # Sentences came one by one while the model wrote, not all at the end.
     assert len(texts) >= 2
     assert arrivals[-1][0] - texts[0][0] >= 0.6
+
+
+def test_an_answer_broken_off_mid_stream_says_restart_and_streams_whole_again(
+    alice: httpx.Client, fake_llm: FakeAnthropic
+) -> None:
+    # The model writes ten pieces (two sentences cleared and sent), then breaks off
+    # (overloaded); the job's retry writes the whole answer again.
+    fake_llm.answer_with(LAMP_ANSWER)
+    fake_llm.break_next_stream(after_pieces=10)
+    try:
+        submitted = alice.post(
+            "/v1/questions",
+            json={"question": "How is the lamp kept, and the wicks?", "cache": "bypass"},
+        ).json()
+        with alice.stream("GET", submitted["events"], timeout=60) as response:
+            events = list(read_sse(response))
+    finally:
+        fake_llm.answer_with(None)
+    kinds = [kind for _, kind, _ in events]
+    final = events[-1][2]
+    assert kinds[-1] == "job" and final["status"] == "succeeded", kinds
+    assert kinds.count("restart") == 1
+    restart = kinds.index("restart")
+    assert kinds.index("note") < restart  # the retry was announced first
+    void = "".join(data["text"] for _, kind, data in events[:restart] if kind == "text")
+    again = "".join(data["text"] for _, kind, data in events[restart:] if kind == "text")
+    assert void and final["answer"].startswith(void)
+    # What follows the last restart is, joined, the answer: the reader drops what came before.
+    assert again == final["answer"]
 
 
 def test_a_cancel_while_the_model_writes_abandons_the_call_and_records_what_it_spent(

@@ -16,6 +16,7 @@ from rag.records.jobs import JobFinished, JobStore, Stage, new_job_id
 from rag.records.usage import DAY_TTL_S, UsageLedger
 from rag.types import Answer, Failure, Usage
 from tests.cluster import Cluster
+from tests.fake_anthropic import FakeAnthropic
 from tests.integration.conftest import ALICE_KEY, BOB_KEY
 from tests.integration.test_question_path import MUSTARD, ask, ingest, unique
 
@@ -259,6 +260,34 @@ def test_usage_is_the_sum_of_the_tenants_jobs_and_only_hers(cluster: Cluster) ->
 
     assert bob_after["tenant"] == "bob" and bob_after["totals"] == bob_before
     assert sneaky["tenant"] == "alice" and sneaky["totals"] == totals
+
+
+def test_a_model_call_broken_off_part_way_is_counted_beside_its_retry(
+    cluster: Cluster, fake_llm: FakeAnthropic
+) -> None:
+    # The model read the prompt, wrote two pieces and broke off (overloaded). Anthropic bills
+    # what it read and wrote, so the ledger counts that call too, not only the retry.
+    with cluster.client(ALICE_KEY) as alice:
+        ingest(alice, unique("mustard"), "The mustard seed", MUSTARD)
+        before = usage_of(alice)["totals"]
+        calls = len(fake_llm.calls)
+        fake_llm.break_next_stream(after_pieces=2)
+        _, job = ask(alice, f"How many mustard seeds were in the jar ({unique('broken')})?")
+        after = wait_for_questions(alice, before["questions"] + 1)["totals"]
+    broken, answered = fake_llm.wait_calls(calls + 2)[calls:]
+
+    assert job["status"] == "succeeded", job
+    assert broken.streamed and broken.pieces_sent == 2 and not broken.completed
+    assert answered.completed
+    assert tokens_of(job)["input"] == answered.response["usage"]["input_tokens"]
+    assert after["questions"] - before["questions"] == 1
+    for kind, field in (("input", "input_tokens"), ("cache_read", "cache_read_input_tokens")):
+        both = broken.response["usage"][field] + answered.response["usage"][field]
+        assert after["tokens"][kind] - before["tokens"][kind] == both, kind
+    # The broken call's output is the two pieces' estimate: more than the answer's alone.
+    assert after["tokens"]["output"] - before["tokens"]["output"] > tokens_of(job)["output"]
+    spent = Decimal(after["cost_usd"]) - Decimal(before["cost_usd"])
+    assert spent > Decimal(str(job["usage"]["cost_usd"])) > 0
 
 
 def test_status_shows_the_tenants_questions_and_dollars_today(cluster: Cluster) -> None:

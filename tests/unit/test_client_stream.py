@@ -14,6 +14,7 @@ from scribes.client import (
     AsyncScribes,
     Event,
     JobEvent,
+    RestartEvent,
     Retries,
     Scribes,
     StageEvent,
@@ -62,6 +63,33 @@ def second_connection(handler: BaseHTTPRequestHandler, _: Received) -> None:
     lines = "".join(f"data: {line}\n" for line in job.splitlines())
     _chunk(handler, f": ping\nid: 4-0\nevent: job\n{lines}\n")
     _chunk(handler, "")
+
+
+def restarted(handler: BaseHTTPRequestHandler, _: Received) -> None:
+    """The model broke off after a piece and wrote the whole answer again."""
+    _start(handler)
+    _chunk(handler, 'id: 1-0\nevent: text\ndata: {"text": "From your notes: 36"}\n\n')
+    _chunk(handler, "id: 2-0\nevent: restart\ndata: {}\n\n")
+    _chunk(handler, f"id: 2-1\nevent: text\ndata: {json.dumps({'text': ANSWER})}\n\n")
+    job = json.dumps(finished_job("j1", ANSWER))
+    _chunk(handler, f"id: 3-0\nevent: job\ndata: {job}\n\n")
+    _chunk(handler, "")
+
+
+def test_a_restart_tells_the_reader_to_drop_the_text_before_it() -> None:
+    with ScriptedApi([restarted]) as api, Scribes(api.url, api_key="", retries=FAST) as client:
+        events = list(client.stream("j1"))
+    assert [type(e).__name__ for e in events] == [
+        "TextEvent",
+        "RestartEvent",
+        "TextEvent",
+        "JobEvent",
+    ]
+    assert events[1] == RestartEvent("2-0")
+    last = max(n for n, e in enumerate(events) if isinstance(e, RestartEvent))
+    kept = "".join(e.text for e in events[last:] if isinstance(e, TextEvent))
+    final = events[-1]
+    assert isinstance(final, JobEvent) and kept == final.job.answer
 
 
 def _check(events: list[Event], api: ScriptedApi) -> None:
