@@ -163,6 +163,30 @@ def test_scribes_ask_prints_the_answer_sources_and_cost(cluster: Cluster, garden
         assert " in / " in rest and " out tokens, $0.0" in rest
 
 
+def test_scribes_ask_says_when_the_model_begins_its_answer_again(
+    cluster: Cluster, garden: str, fake_llm: FakeAnthropic
+) -> None:
+    # Printed text cannot be taken back: after a call broke off part-way, a line says the
+    # answer follows again, whole.
+    answer = (
+        "Deacon Ruth planted rosemary along the south wall [1]. She set the bushes a "
+        "stride apart, facing the morning sun [1]. The cuttings came from her own garden "
+        "[1]. Your notes count them on the day of the planting [1]."
+    )
+    env = {"SCRIBES_API_KEY": ALICE_KEY, "SCRIBES_API_URL": cluster.api_url}
+    fake_llm.answer_with(answer)
+    fake_llm.break_next_stream(after_pieces=10)
+    try:
+        result = CliRunner().invoke(main, ["ask", fresh(QUESTION), "--stream"], env=env)
+    finally:
+        fake_llm.answer_with(None)
+    assert result.exit_code == 0, result.output
+    void, said, again = result.output.partition("\n(the model broke off; its answer again:)\n")
+    assert said, result.output
+    assert void and answer.startswith(void)
+    assert again.startswith(answer + "\n")
+
+
 # Endpoints of issue 10: they run once the API has them.
 
 
